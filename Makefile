@@ -1,0 +1,50 @@
+# Set-up lives here: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv data demo test test-all lint format clean
+
+# The environment is rebuilt whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST: use $ANN2SNN_DATA or Debian's package if present; else install the
+# package where apt is available and we are root; else torchvision downloads it.
+data:
+	@if [ -n "$$ANN2SNN_DATA" ] || [ -f $(DEBIAN_FMNIST)/train-images-idx3-ubyte.gz ]; then \
+		echo "data: Fashion-MNIST found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "data: installing Debian package dataset-fashion-mnist"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "data: apt failed; ann2snn will try torchvision's download"; \
+	else \
+		echo "data: not found locally; ann2snn will try torchvision's download"; \
+	fi
+
+demo: venv data
+	$(BIN)/ann2snn demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+# Everything, including slow real-data runs (GPU tests skip without a GPU).
+test-all: venv data
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: venv
+	$(BIN)/ruff check ann2snn tests benchmarks
+	$(BIN)/ruff format --check ann2snn tests benchmarks
+
+format: venv
+	$(BIN)/ruff format ann2snn tests benchmarks
+	$(BIN)/ruff check --fix ann2snn tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,79 @@
+"""ann2snn: convert trained ANNs into ultra-low-latency spiking neural networks.
+
+Workflow: train a source ANN with a quantized activation (`QCFS`, `NoisyQCFS`,
+`ClipQuant`) → `convert` it (IF, group or consistent-IF neurons) → `simulate` over T
+steps → report. The ANN side and the SNN side are independent choices.
+"""
+
+from .activations import (
+    QCFS,
+    ClipQuant,
+    NoisyQCFS,
+    create_activation,
+    list_activations,
+    register_activation,
+)
+from .checkpoint import CheckpointError, load, load_record, save_checkpoint
+from .convert import ConversionError, SupportReport, check, convert, fold_bn
+from .data import DatasetNotFoundError, create_loaders, list_datasets
+from .models import create_model, list_models, register_model
+from .network import SpikingNetwork, biases_off
+from .neurons import (
+    ConsistentIF,
+    GroupNeuron,
+    IFNeuron,
+    SpikingNeuron,
+    create_neuron,
+    list_neurons,
+    neurons,
+    reset,
+)
+from .noise import NoiseCalibration, calibrate_noise
+from .pooling import LIPool
+from .simulate import LayerDiff, Schedule, SimulationResult, compare, run, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QCFS",
+    "NoisyQCFS",
+    "ClipQuant",
+    "create_activation",
+    "list_activations",
+    "register_activation",
+    "convert",
+    "check",
+    "fold_bn",
+    "ConversionError",
+    "SupportReport",
+    "SpikingNetwork",
+    "biases_off",
+    "SpikingNeuron",
+    "IFNeuron",
+    "GroupNeuron",
+    "ConsistentIF",
+    "create_neuron",
+    "list_neurons",
+    "neurons",
+    "reset",
+    "LIPool",
+    "Schedule",
+    "SimulationResult",
+    "LayerDiff",
+    "simulate",
+    "run",
+    "compare",
+    "load",
+    "load_record",
+    "save_checkpoint",
+    "CheckpointError",
+    "create_loaders",
+    "list_datasets",
+    "DatasetNotFoundError",
+    "create_model",
+    "list_models",
+    "register_model",
+    "calibrate_noise",
+    "NoiseCalibration",
+    "__version__",
+]

@@ -1,0 +1,239 @@
+"""Quantized ANN activations that convert to spiking neurons.
+
+Every quantized activation here exposes the same three facts a neuron needs
+(`threshold`, `levels`, `shift`), so any of them can be run on any neuron where
+the math allows it:
+
+* ``QCFS``      h(z) = λ/L · clip(floor(z·L/λ + ½), 0, L)            (Bu et al., 2022)
+* ``NoisyQCFS`` QCFS minus σ·ε during training only                  (Huang et al., 2024)
+* ``ClipQuant`` floor(clip(z, 0, 1)·Q)/Q, fixed range, no shift      (Li et al., 2024)
+
+Activations are resolved by name through one registry (`create_activation`), so the
+model zoo takes ``act="qcfs"`` without forking model code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "QCFS",
+    "NoisyQCFS",
+    "ClipQuant",
+    "floor_ste",
+    "create_activation",
+    "register_activation",
+    "list_activations",
+    "is_quantized_activation",
+]
+
+# Smallest normal fp32 number: a floor for λ that needs no dtype lookup (so the
+# property stays traceable by torch.fx, where dtypes are proxies).
+_TINY = 1.1754943508222875e-38
+
+
+def floor_ste(x: Tensor) -> Tensor:
+    """floor(x) in the forward pass, identity in the backward pass (straight-through)."""
+    return x + (torch.floor(x) - x).detach()
+
+
+class QCFS(nn.Module):
+    """Quantization-clip-floor-shift activation with a trainable threshold λ.
+
+    ``h(z) = λ/L · clip(floor(z·L/λ + shift), 0, L)`` with ``shift = 1/2``.
+
+    Clamp-first ordering (methods.md §1.1, the successor repository's and NQ's):
+    ``u = clamp(z/λ, 0, 1)``, ``q = floor_ste(u·L + shift)/L``, output ``q·λ``. So the
+    gradient passes z only on [0, λ] and dh/dλ is ``q − z/λ`` inside, 1 above, 0 below.
+
+    λ stays positive by construction: the module stores ``log_threshold`` and exposes
+    ``threshold = exp(log_threshold)``. A raw λ parameter can be pushed through zero by
+    weight decay and a large step (a failure users of the reference code reported);
+    in log space no step can cross zero, and the gradient reaching λ is unchanged.
+    """
+
+    #: Every quantized activation in this module carries these three facts.
+    levels: int
+    shift: float
+
+    def __init__(self, levels: int = 4, init_threshold: float = 8.0, shift: float = 0.5):
+        super().__init__()
+        if int(levels) != levels or levels < 1:
+            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        if not init_threshold > 0:
+            raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+        self.levels = int(levels)
+        self.shift = float(shift)
+        self.log_threshold = nn.Parameter(torch.tensor(math.log(init_threshold)))
+
+    @property
+    def threshold(self) -> Tensor:
+        """λ, a positive scalar tensor (differentiable)."""
+        # exp underflows to exactly 0 for log λ below about −104 (fp32), which would turn
+        # h(z) into 0/0 = NaN; the smallest normal number keeps λ > 0.
+        return self.log_threshold.exp().clamp_min(_TINY)
+
+    @torch.no_grad()
+    def set_threshold(self, value: float | Tensor) -> None:
+        """Set λ (must be > 0)."""
+        value = torch.as_tensor(value, dtype=self.log_threshold.dtype)
+        if not bool(value > 0):
+            raise ValueError(f"threshold must be > 0, got {float(value)}")
+        self.log_threshold.copy_(value.log())
+
+    def quantize(self, z: Tensor) -> Tensor:
+        """The noise-free QCFS map h(z); shape in = shape out."""
+        lam = self.threshold.to(z.dtype)
+        u = torch.clamp(z / lam, 0.0, 1.0)
+        return floor_ste(u * self.levels + self.shift) / self.levels * lam
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.quantize(z)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}, shift={self.shift}"
+
+
+class NoisyQCFS(QCFS):
+    """QCFS with zero-mean Gaussian noise that models the SNN's residual error (NQ).
+
+    Training mode: ``a = h(z) − σ·ε``, ε ~ N(0, 1) per element; σ is a per-layer scalar
+    buffer re-estimated each epoch by `ann2snn.calibrate_noise`. Evaluation mode: plain
+    QCFS, no noise (the reference code keeps noise on while measuring ANN accuracy; we
+    don't, so the ANN accuracy we report is the deterministic network that converts).
+    With σ = 0 the output is QCFS bit for bit. The noise has no gradient term: it has no
+    parameters and is added after quantization.
+    """
+
+    def __init__(
+        self,
+        levels: int = 4,
+        init_threshold: float = 8.0,
+        shift: float = 0.5,
+        sigma: float = 0.0,
+    ):
+        super().__init__(levels, init_threshold, shift)
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+        self.register_buffer("sigma", torch.tensor(float(sigma)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        q = self.quantize(z)
+        if self.training and float(self.sigma) > 0:
+            q = q - self.sigma.to(q.dtype) * torch.randn_like(q)
+        return q
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", sigma={float(self.sigma):.4g}"
+
+
+class _ClipFloorSTE(torch.autograd.Function):
+    """floor(clip(z, 0, 1)·Q)/Q with a straight-through floor whose incoming gradient
+    is clipped to [−1, 1] (CASC's rule), passed only where 0 ≤ z ≤ 1."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, levels: int) -> Tensor:
+        ctx.save_for_backward(z)
+        return torch.floor(torch.clamp(z, 0.0, 1.0) * levels) / levels
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (z,) = ctx.saved_tensors
+        pass_band = (z >= 0) & (z <= 1)
+        return grad.clamp(-1.0, 1.0) * pass_band.to(grad.dtype), None
+
+
+class ClipQuant(nn.Module):
+    """CASC's clip-floor activation ``floor(clip(z, 0, 1)·Q)/Q``: no shift, range [0, 1].
+
+    Output levels {0, 1/Q, …, 1}; 0 for z < 1/Q, 1 for z ≥ 1. The preceding BatchNorm
+    learns the scale, so the threshold is fixed at 1.
+    """
+
+    shift: float = 0.0
+
+    def __init__(self, levels: int = 8):
+        super().__init__()
+        if int(levels) != levels or levels < 1:
+            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        self.levels = int(levels)
+        self.register_buffer("_threshold", torch.tensor(1.0), persistent=False)
+
+    @property
+    def threshold(self) -> Tensor:
+        return self._threshold
+
+    def forward(self, z: Tensor) -> Tensor:
+        return _ClipFloorSTE.apply(z, self.levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+def is_quantized_activation(module: nn.Module) -> bool:
+    """True for modules that carry ``threshold``, ``levels`` and ``shift`` (QCFS, NQ, ClipQuant)."""
+    return isinstance(module, QCFS | ClipQuant)
+
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_activation(name: str):
+    """Decorator: register a factory ``fn(levels: int, **kwargs) -> nn.Module`` under ``name``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+@register_activation("relu")
+def _relu(levels: int = 4, **kwargs) -> nn.Module:
+    return nn.ReLU()
+
+
+@register_activation("qcfs")
+def _qcfs(levels: int = 4, **kwargs) -> nn.Module:
+    return QCFS(levels, **kwargs)
+
+
+@register_activation("nq")
+def _nq(levels: int = 4, **kwargs) -> nn.Module:
+    return NoisyQCFS(levels, **kwargs)
+
+
+@register_activation("clipq")
+def _clipq(levels: int = 8, **kwargs) -> nn.Module:
+    return ClipQuant(levels)
+
+
+def list_activations() -> list[str]:
+    """Names accepted by `create_activation` (and ``act=`` of `create_model`)."""
+    return sorted(_REGISTRY)
+
+
+def create_activation(name: str, levels: int = 4, **kwargs) -> nn.Module:
+    """Build an activation by registry name, e.g. ``create_activation("qcfs", levels=4)``."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {', '.join(list_activations())}"
+        ) from None
+    return factory(levels=levels, **kwargs)
+
+
+def relu_threshold_hint(module: nn.Module) -> float | None:
+    """Fixed clip value of clamp-style ReLUs (ReLU6, Hardtanh(0, c)), else None."""
+    if isinstance(module, nn.ReLU6):
+        return 6.0
+    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0:
+        return float(module.max_val)
+    return None

@@ -1,0 +1,501 @@
+"""Self-describing checkpoints without pickle (nanoGPT's idea, safetensors' format).
+
+A run folder written by `ann2snn.train` looks like::
+
+    runs/cifar10-vgg16-qcfs-L4/
+      last.safetensors  last.json     # weights + record after the latest complete epoch
+      best.safetensors  best.json     # the same for the epoch with the best validation score
+      resume.safetensors resume.json  # optimizer, scheduler, RNG states, model weights
+
+Weights live in safetensors files (flat ``name -> tensor``); everything else lives in a
+JSON record next to them, which names its weights file and carries its sha256, so a
+record can always tell whether its weights are complete and unmodified. The record
+holds what is needed to rebuild the model (``model`` + ``model_kwargs`` for
+`ann2snn.models.create_model`) and what is needed to trust it (recipe, metrics,
+versions, seed).
+
+Nothing here uses pickle: `torch.load` is never called, so loading a checkpoint cannot
+execute code. Every file is written atomically (temporary file in the same folder,
+flush + fsync, `os.replace`), and a JSON file is replaced only after its weights file,
+so an interrupted save leaves either the old or the new pair behind, never a record
+pointing at half-written weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+from torch import Tensor, nn
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RESUME_FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load",
+    "load_record",
+    "load_state_dict",
+    "load_weights",
+    "find_checkpoint",
+    "save_resume_state",
+    "load_resume_state",
+    "atomic_write",
+]
+
+FORMAT = "ann2snn-checkpoint"
+FORMAT_VERSION = 1
+RESUME_FORMAT = "ann2snn-resume"
+RESUME_TAG = "resume"
+
+# How many key names an error message lists before it says "... and N more".
+_MAX_LISTED = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, corrupted or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a fsynced temporary file next to ``path``; return its path.
+
+    Same folder as the target so that the later `os.replace` is a rename within one
+    file system, which POSIX makes atomic.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _commit(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename staged files onto their targets in order, then fsync the folder."""
+    try:
+        for tmp, path in pairs:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in pairs:  # on failure, leave no temporary files behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    folder = pairs[0][1].parent
+    # Make the renames themselves durable; not possible on every OS/file system.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file, flush + fsync, `os.replace`)."""
+    path = Path(path)
+    _commit([(_stage(path, data), path)])
+
+
+def _write_pair(run_dir: Path, tag: str, weights: bytes, record: dict) -> Path:
+    """Write ``<tag>.safetensors`` then ``<tag>.json``; the record gets the weights' hash.
+
+    Both files are staged (written and fsynced) first, so the two renames that publish
+    them follow each other within microseconds.
+    """
+    weights_path = run_dir / f"{tag}.safetensors"
+    json_path = run_dir / f"{tag}.json"
+    record = dict(record, weights_file=weights_path.name)
+    record["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    # NaN is kept only in resume skeletons (exact round trip); `_plain` removed it from records.
+    text = json.dumps(record, indent=2)
+    staged_weights = _stage(weights_path, weights)
+    try:
+        staged_json = _stage(json_path, (text + "\n").encode())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staged_weights)
+        raise
+    _commit([(staged_weights, weights_path), (staged_json, json_path)])
+    return json_path
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _versions() -> dict[str, str]:
+    try:
+        from importlib.metadata import version
+
+        ann2snn_version = version("ann2snn")
+    except Exception:  # not installed (e.g. run from a source tree)
+        ann2snn_version = "unknown"
+    import safetensors
+
+    return {
+        "ann2snn": ann2snn_version,
+        "torch": torch.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _plain(obj: Any, where: str = "record") -> Any:
+    """Turn a record into strict JSON values: tuples → lists, 0-d tensors/numpy scalars →
+    numbers, paths → str, NaN/inf → None (so tools such as jq can read every record)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, bool | int | str) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Tensor) and obj.numel() == 1:
+        return _plain(obj.item(), where)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
+        return _plain(obj.item(), where)
+    raise TypeError(
+        f"{where} has a value of type {type(obj).__name__} that JSON cannot hold; "
+        "store numbers, strings, lists or dicts in checkpoint records"
+    )
+
+
+def _state_to_bytes(state: dict[str, Tensor], where: str) -> bytes:
+    """Serialize a flat ``name -> tensor`` dict as safetensors bytes (CPU, contiguous).
+
+    `clone` because safetensors refuses tensors that share storage, and a state dict may
+    hold views (e.g. tied weights); channels_last tensors become contiguous here too.
+    """
+    tensors = {}
+    for name, t in state.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{where}: entry {name!r} is a {type(t).__name__}, not a tensor")
+        tensors[name] = t.detach().to("cpu").contiguous().clone()
+    return _st_save(tensors)
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike, model: nn.Module, record: dict, tag: str = "last"
+) -> Path:
+    """Save ``model``'s weights as ``<tag>.safetensors`` and ``record`` as ``<tag>.json``.
+
+    Args:
+        run_dir: folder of the run (created if missing).
+        model: the network; its full ``state_dict()`` is saved.
+        record: at least ``model`` (registry name) and ``model_kwargs`` (keyword arguments
+            of `ann2snn.models.create_model`), so `load` can rebuild it; plus whatever
+            describes the run (recipe, epoch, metrics, extra, seed, ...).
+        tag: file stem, e.g. ``"last"`` or ``"best"``.
+
+    Returns:
+        Path of the written JSON record. ``format``, ``format_version``, ``versions``,
+        ``created``, ``weights_file`` and ``weights_sha256`` are filled in.
+    """
+    if not tag or "/" in tag or "\\" in tag or tag.startswith(".") or tag == RESUME_TAG:
+        raise ValueError(f"tag must be a plain file stem other than {RESUME_TAG!r}, got {tag!r}")
+    for key in ("model", "model_kwargs"):
+        if key not in record:
+            raise ValueError(
+                f"record needs {key!r} so that load() can rebuild the model with "
+                "ann2snn.models.create_model(record['model'], **record['model_kwargs'])"
+            )
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    full.update(_plain(record))
+    full.setdefault("versions", _versions())
+    full["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    weights = _state_to_bytes(model.state_dict(), f"{type(model).__name__}.state_dict()")
+    return _write_pair(run_dir, tag, weights, full)
+
+
+def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The record `load` would pick in a run folder: ``best.json``, else ``last.json``."""
+    for tag in ("best", "last"):
+        path = Path(run_dir) / f"{tag}.json"
+        if path.is_file():
+            return path
+    return None
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    """Map a run folder / ``.json`` / ``.safetensors`` path to its JSON record."""
+    path = Path(path)
+    if path.is_dir():
+        found = find_checkpoint(path)
+        if found is None:
+            raise CheckpointError(
+                f"{path}: no checkpoint in this folder (expected best.json or last.json); "
+                "pass the out_dir of a run of ann2snn.train, or a .json record"
+            )
+        return found
+    if path.suffix == ".safetensors":
+        json_path = path.with_suffix(".json")
+        if not json_path.is_file():
+            raise CheckpointError(
+                f"{path}: its record {json_path.name} is missing; the weights alone do not "
+                "say which model to build — keep the .json file next to the .safetensors file"
+            )
+        return json_path
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: file not found; check the path (a run folder, .json or .safetensors)"
+        )
+    return path
+
+
+def _read_json(path: Path, expected_format: str) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file ({e}); check the path") from e
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path}: not valid JSON ({e}); the record is damaged — restore it from a copy "
+            "or re-save the checkpoint"
+        ) from e
+    if not isinstance(record, dict) or record.get("format") != expected_format:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise CheckpointError(
+            f"{path}: format is {found!r}, expected {expected_format!r}; this is not a record "
+            "written by ann2snn.checkpoint — pass the .json file saved next to the weights"
+        )
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (this ann2snn reads up to "
+            f"{FORMAT_VERSION}); upgrade ann2snn"
+        )
+    if not isinstance(record.get("weights_file"), str):
+        raise CheckpointError(f"{path}: the record names no weights_file; re-save the checkpoint")
+    return record
+
+
+def load_record(path: str | os.PathLike) -> dict:
+    """Read and check the JSON record of a checkpoint (run folder, .json or .safetensors).
+
+    Does not read the weights; `load` and `load_state_dict` verify those.
+    """
+    json_path = _resolve(path)
+    record = _read_json(json_path, FORMAT)
+    for key in ("model", "model_kwargs"):
+        if key not in record:
+            raise CheckpointError(
+                f"{json_path}: the record has no {key!r}, so the model cannot be rebuilt; "
+                "re-save it with ann2snn.checkpoint.save_checkpoint"
+            )
+    return record
+
+
+def _read_tensors(json_path: Path, record: dict) -> dict[str, Tensor]:
+    """Read, hash-check and decode the weights file a record points at (CPU tensors)."""
+    weights_path = json_path.parent / record["weights_file"]
+    try:
+        data = weights_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{weights_path}: weights file missing (named by {json_path.name}); copy the "
+            ".safetensors file together with its .json record"
+        ) from None
+    except OSError as e:
+        raise CheckpointError(f"{weights_path}: cannot read the weights file ({e})") from e
+    expected = record.get("weights_sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(
+            f"{weights_path}: sha256 does not match {json_path.name} ({len(data)} bytes on "
+            "disk); the weights are truncated or corrupted, or belong to another save — "
+            "copy the file again, or use the other checkpoint of the run (best/last)"
+        )
+    try:
+        return _st_load(data)
+    except (SafetensorError, ValueError, RuntimeError, struct.error) as e:
+        raise CheckpointError(
+            f"{weights_path}: the safetensors header cannot be read ({e}); the file is "
+            "damaged or not a safetensors file — re-save or copy it again"
+        ) from e
+
+
+def _read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict, dict[str, Tensor]]:
+    """(record path, record, verified CPU weights) of a checkpoint."""
+    json_path = _resolve(path)
+    record = load_record(json_path)
+    return json_path, record, _read_tensors(json_path, record)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The verified ``name -> tensor`` weights of a checkpoint (CPU), without a model."""
+    return _read_checkpoint(path)[2]
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    more = len(names) - _MAX_LISTED
+    return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+def _load_strict(model: nn.Module, state: dict[str, Tensor], source: Path) -> None:
+    """`load_state_dict(strict=True)`, but a mismatch raises CheckpointError that lists the
+    missing, unexpected and mis-shaped keys and names the file."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys: {_listing(misshaped)}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: the weights do not fit {type(model).__name__}; "
+            + "; ".join(problems)
+            + ". Build the model with the record's model and model_kwargs "
+            "(ann2snn.load does this), or save the checkpoint again from this model"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint's verified weights into an existing ``model`` (strict); return it."""
+    json_path, record, state = _read_checkpoint(path)
+    _load_strict(model, state, json_path.parent / record["weights_file"])
+    return model
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a trained model from a checkpoint.
+
+    Args:
+        path: a run folder (picks ``best.json``, else ``last.json``), a ``.json`` record or
+            a ``.safetensors`` weights file with its record next to it.
+        map_location: device for the returned model.
+
+    Returns:
+        ``ann2snn.models.create_model(record["model"], **record["model_kwargs"])`` with the
+        verified weights loaded strictly, in eval mode, with the record attached as
+        ``model.ann2snn_record``.
+
+    Raises:
+        CheckpointError: missing/damaged files, hash mismatch, or weights that do not fit.
+    """
+    from ann2snn.models import create_model  # lazy: keeps this module light to import
+
+    json_path, record, state = _read_checkpoint(path)
+    model = create_model(record["model"], **record["model_kwargs"])
+    _load_strict(model, state, json_path.parent / record["weights_file"])
+    model.ann2snn_record = record
+    return model.to(map_location).eval()
+
+
+# ----------------------------------------------------------------------------- resume state
+#
+# Optimizer and scheduler state dicts are nested dicts/lists with int keys, tuples and
+# tensors. They are split into a flat tensor dict (safetensors) and a JSON skeleton in
+# which each tensor is replaced by {"__tensor__": name}; tuples and dicts with non-string
+# keys are tagged so that the round trip gives back exactly the same structure.
+
+
+def _encode(obj: Any, name: str, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(obj, Tensor):
+        tensors[name] = obj
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, f"{name}/{k}", tensors) for k, v in obj.items()}
+        return {
+            "__items__": [
+                [_encode(k, f"{name}/{i}.k", tensors), _encode(v, f"{name}/{k}", tensors)]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(
+        f"resume state entry {name!r} is a {type(obj).__name__}; only tensors, numbers, "
+        "strings, None, lists, tuples and dicts can be saved without pickle"
+    )
+
+
+def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        if set(obj) == {"__items__"}:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def save_resume_state(run_dir: str | os.PathLike, state: dict) -> Path:
+    """Save a nested training state (optimizer/scheduler state dicts, RNG states, epoch,
+    ...) as ``resume.safetensors`` (its tensors) + ``resume.json`` (everything else)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, Tensor] = {}
+    skeleton = _encode(state, "state", tensors)
+    record = {
+        "format": RESUME_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "state": skeleton,
+    }
+    return _write_pair(run_dir, RESUME_TAG, _state_to_bytes(tensors, "resume state"), record)
+
+
+def load_resume_state(run_dir: str | os.PathLike) -> dict:
+    """Inverse of `save_resume_state` (tensors on CPU); raises CheckpointError if damaged."""
+    json_path = Path(run_dir) / f"{RESUME_TAG}.json"
+    if not json_path.is_file():
+        raise CheckpointError(
+            f"{json_path}: file not found; there is no resume state in this folder — "
+            "start a new run, or pass the out_dir of an interrupted run"
+        )
+    record = _read_json(json_path, RESUME_FORMAT)
+    tensors = _read_tensors(json_path, record)
+    try:
+        return _decode(record["state"], tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{json_path}: the resume structure does not match its tensors ({e!r}); "
+            "the pair is damaged — resume from a copy or start a new run"
+        ) from e

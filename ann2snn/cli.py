@@ -1,0 +1,282 @@
+"""Command-line interface: ``ann2snn train | eval | check | demo``, thin over the library."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+def _steps_arg(text: str) -> list[int]:
+    """'1,2,4,8' → [1, 2, 4, 8]; '16' → [16] (a maximum, expanded with --T-max)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--T takes integers like 1,2,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--T values must be >= 1, got {text!r}")
+    return sorted(set(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ann2snn",
+        description="Train quantized ANNs, convert them to spiking networks, simulate and report.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
+                       description="Train a source ANN; checkpoints every epoch into --out.")  # fmt: skip
+    t.add_argument("--model", required=True, help="cnn, vgg16, resnet18, resnet20, resnet34")
+    t.add_argument("--dataset", required=True, help="fashion-mnist, cifar10, cifar100, imagenet")
+    t.add_argument(
+        "--preset",
+        choices=["qcfs", "nq", "casc", "gn"],
+        help="a paper's recipe (flags override it)",
+    )
+    t.add_argument("--act", help="activation: relu, qcfs, nq, clipq")
+    t.add_argument("--levels", type=int, help="quantization levels L (Q for clipq)")
+    t.add_argument("--pool", choices=["avg", "max"])
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto, cpu, cuda")
+    t.add_argument("--data-dir", help="where the dataset lives")
+    t.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<act>-L<levels>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last complete epoch")
+    t.add_argument("--limit-train", type=int, help="use only N training images (quick runs)")
+    t.add_argument("--limit-test", type=int)
+    t.add_argument("--autoaugment", action="store_true", default=None)
+    t.add_argument("--cutout", type=int)
+    t.add_argument("--nq-steps", type=int, default=4, help="NQ: T_n for σ calibration (default 4)")
+    t.add_argument("--nq-batches", type=int, help="NQ: calibration batches of the validation split")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="convert a checkpoint and simulate the SNN over T",
+                       description="Convert a trained checkpoint and report SNN accuracy per time step.")  # fmt: skip
+    e.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
+    e.add_argument("--neuron", default="if", choices=["if", "gn", "cif"])
+    e.add_argument(
+        "--T",
+        type=_steps_arg,
+        default=None,
+        help="time steps to report, e.g. 1,2,4,8 (default 1..32 by powers of 2)",
+    )
+    e.add_argument("--T-max", type=int, help="report every step 1..T_max")
+    e.add_argument("--tau", type=int, help="GN: members per group (default: the ANN's L)")
+    e.add_argument("--sleep", type=int, default=0, help="CIF: input-free steps per sleep phase")
+    e.add_argument(
+        "--margin",
+        type=int,
+        help="CIF: a sleep phase after every M wake steps (default: after all T)",
+    )
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default="auto")
+    e.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="layer precision (membranes stay fp32)",
+    )
+    e.add_argument("--data-dir")
+    e.add_argument("--limit-test", type=int)
+    e.add_argument(
+        "--out", help="folder for report.json and accuracy_vs_T.png (default: the run folder)"
+    )
+    fmt = e.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the report as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print accuracy per step as CSV")
+    e.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("check", help="support report: every op as supported or unsupported",
+                       description="List every op of a model and whether it converts.")  # fmt: skip
+    c.add_argument("target", help="a run folder/checkpoint, or a model name (cnn, vgg16, ...)")
+    c.add_argument("--neuron", default="if", choices=["if", "gn", "cif"])
+    c.add_argument("--act", default="qcfs")
+    c.add_argument("--pool", default="avg", choices=["avg", "max"])
+    c.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="Fashion-MNIST end to end: train, convert, simulate every method",
+                       description="Train a small CNN per method on Fashion-MNIST and print the accuracy-vs-T table.")  # fmt: skip
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--data-dir")
+    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--T", type=int, default=16, help="largest T (default 16)")
+    d.add_argument("--sleep", type=int, default=16, help="CASC sleep steps (default 16)")
+    d.add_argument("--methods", default="qcfs,gn,nq,casc")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--limit-train", type=int)
+    d.add_argument("--limit-test", type=int)
+    d.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    mapping = {
+        "act": args.act, "levels": args.levels, "pool": args.pool, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "seed": args.seed, "device": args.device, "data_dir": args.data_dir, "out_dir": args.out,
+        "limit_train": args.limit_train, "limit_test": args.limit_test,
+        "autoaugment": args.autoaugment, "cutout": args.cutout,
+    }  # fmt: skip
+    overrides = {k: v for k, v in mapping.items() if v is not None}
+    overrides.update(
+        model=args.model, dataset=args.dataset, resume=args.resume, progress=not args.no_progress
+    )
+    cfg = (
+        TrainConfig.from_preset(args.preset, **overrides)
+        if args.preset
+        else TrainConfig(**overrides)
+    )
+    hooks = None
+    if cfg.act == "nq":
+        from .noise import nq_epoch_hook
+
+        hooks = {"on_epoch_end": nq_epoch_hook(steps=args.nq_steps, max_batches=args.nq_batches)}
+    record = train(cfg, hooks=hooks)
+    m = record.get("metrics", {})
+    print(
+        f"done: {record.get('epoch')} epochs, val {m.get('val_acc')}, test {m.get('test_acc')} -> {cfg.out_dir}"
+    )
+    return 0
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load
+    from .data import create_loaders
+    from .demo import evaluate_wake_sleep
+    from .report import ann_accuracy, environment, evaluate_snn, format_table, write_report
+
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    model = load(args.checkpoint, map_location=device)
+    record = model.ann2snn_record
+    mk = record.get("model_kwargs", {})
+    dataset = record.get("recipe", {}).get("dataset") or record.get("dataset")
+    if dataset is None:
+        raise SystemExit(
+            "ann2snn eval: the checkpoint record names no dataset; it was not written by ann2snn train"
+        )
+    loaders = create_loaders(dataset, data_dir=args.data_dir, batch_size=args.batch_size, device=device,
+                             augment=False, limit_test=args.limit_test)  # fmt: skip
+    if args.T_max:
+        steps = list(range(1, args.T_max + 1))
+    else:
+        steps = args.T or [1, 2, 4, 8, 16, 32]
+    progress = not args.no_progress and not (args.json or args.csv)
+    ann_acc = ann_accuracy(model, loaders.test)
+    options: dict[str, Any] = {}
+    if args.neuron == "gn":
+        options["tau"] = args.tau or mk.get("levels") or record.get("levels")
+    calibration = loaders.val if mk.get("act", record.get("activation")) == "relu" else None
+    label = f"{mk.get('act', '?')}+{args.neuron}" + (
+        f" (tau={options['tau']})" if "tau" in options else ""
+    )
+    if args.neuron == "cif" and args.sleep and args.margin is None and len(steps) > 1:
+        row = evaluate_wake_sleep(model, loaders.test, steps, args.sleep, progress, label=label)
+    else:
+        row = evaluate_snn(model, loaders.test, args.neuron, T=max(steps), sleep=args.sleep, margin=args.margin,
+                           dtype=_dtype(args.dtype), progress=progress, label=label, calibration=calibration,
+                           **options)  # fmt: skip
+    row["ann_accuracy"] = ann_acc
+    report = {
+        "title": f"{record.get('model')} on {dataset}: {label}",
+        "checkpoint": str(args.checkpoint),
+        "record": {
+            k: record.get(k) for k in ("model", "model_kwargs", "epoch", "metrics", "recipe")
+        },
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "steps": steps,
+        "rows": [row],
+        "environment": environment(),
+    }
+    out = Path(args.out) if args.out else _run_folder(args.checkpoint)
+    paths = write_report(report, out, steps)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        print()
+    elif args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(["wake_steps", "total_steps", "accuracy"])
+        for t in steps:
+            total = t + args.sleep if args.sleep and args.margin is None else None
+            w.writerow([t, total or t, row["accuracy_by_wake"].get(str(t))])
+    else:
+        print(format_table([row], steps))
+        print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
+    return 0
+
+
+def _run_folder(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_dir() else p.parent
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .convert import check
+
+    target = Path(args.target)
+    if target.exists():
+        from .checkpoint import load
+
+        model = load(target)
+    else:
+        from .models import create_model
+
+        model = create_model(args.target, act=args.act, pool=args.pool)
+    report = check(model, args.neuron)
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out_dir=args.out, data_dir=args.data_dir, epochs=args.epochs, T=args.T, casc_sleep=args.sleep,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), device=args.device,
+        limit_train=args.limit_train, limit_test=args.limit_test, progress=not args.no_progress,
+    )  # fmt: skip
+    run_demo(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ann2snn`` console script."""
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _train, "eval": _eval, "check": _check, "demo": _demo}
+    from .checkpoint import CheckpointError
+    from .convert import ConversionError
+    from .data import DatasetNotFoundError
+
+    try:
+        return handlers[args.command](args)
+    except (CheckpointError, ConversionError, DatasetNotFoundError, ValueError) as err:
+        print(f"ann2snn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

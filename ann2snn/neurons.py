@@ -1,0 +1,351 @@
+"""Spiking neurons on one charge → fire → reset skeleton.
+
+All neurons here are integrate-and-fire with reset by subtraction; they differ only in
+how many "spike quanta" they emit per step (`fire`):
+
+* `IFNeuron`      one spike of size θ when v ≥ θ                        (QCFS, NQ)
+* `GroupNeuron`   τ members with thresholds iθ/τ, up to τ quanta of θ/τ  (GN)
+* `ConsistentIF`  may retract spikes (negative spikes), net count ≤ wake steps (CASC)
+
+Shapes: single-step input is ``[B, ...]``; multi-step input is time-major ``[T, B, ...]``.
+Inside a converted network (`ann2snn.convert`) stateless layers fold T into the batch,
+so neurons receive ``[T·B, ...]`` and are told T by the network (`_fold`).
+
+The membrane stays fp32 whatever the layers' dtype (bf16/fp16 layers would otherwise
+lose the small residues that carry information across steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "SpikingNeuron",
+    "IFNeuron",
+    "GroupNeuron",
+    "ConsistentIF",
+    "reset",
+    "neurons",
+    "create_neuron",
+    "list_neurons",
+]
+
+
+def _activation_facts(act: nn.Module) -> tuple[Tensor, float, int | None]:
+    """(threshold, shift, levels) of a quantized activation (QCFS, NQ, ClipQuant)."""
+    if not hasattr(act, "threshold") or not hasattr(act, "shift"):
+        raise TypeError(
+            f"{type(act).__name__} carries no threshold/shift; build the neuron with "
+            "from_threshold(theta) or convert with a calibration loader"
+        )
+    theta = torch.as_tensor(act.threshold).detach().float().clone()
+    return theta, float(act.shift), getattr(act, "levels", None)
+
+
+class SpikingNeuron(nn.Module):
+    """Skeleton: ``step(x) = charge → fire → reset → emit``.
+
+    Subclasses implement `fire` (membrane → integer spike count per element) and the
+    size of one spike quantum (`quantum`). Reset is by subtraction of ``count·quantum``
+    and the emitted value is ``count·quantum``, so a layer's time-averaged output is its
+    firing rate times the spike value, comparable with the ANN activation.
+
+    Args:
+        threshold: θ, a positive scalar (a per-layer value, like QCFS's λ).
+        v_init: initial membrane as a fraction of θ (QCFS/GN use ½ for the ½-shift).
+        step_mode: ``"s"`` (input ``[B, ...]``, one step) or ``"m"`` (input ``[T, B, ...]``).
+    """
+
+    #: Whether a network of these neurons can express max-pooling (see `ann2snn.LIPool`).
+    allows_maxpool: bool = False
+
+    def __init__(self, threshold: float | Tensor, v_init: float = 0.5, step_mode: str = "s"):
+        super().__init__()
+        threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        if threshold.numel() != 1 or not bool(threshold > 0):
+            raise ValueError(f"threshold must be a positive scalar, got {threshold.tolist()}")
+        if step_mode not in ("s", "m"):
+            raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+        self.register_buffer("threshold", threshold.reshape(()))
+        self.v_init = float(v_init)
+        self.step_mode = step_mode
+        # T of the folded [T·B, ...] input, set by the enclosing network for one call.
+        self._fold: int | None = None
+        # Inside a network the ANN activation this neuron replaced; used for the ANN pass.
+        self.ann_activation: nn.Module | None = None
+        self._ann_mode = False
+        # Optional recording of emitted values (mean over steps), for diagnostics.
+        self.record = False
+        self.recorded: Tensor | None = None
+        self._recorded_steps = 0
+        self.v: Tensor | None = None
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def from_activation(cls, act: nn.Module, **kwargs) -> SpikingNeuron:
+        """Neuron replacing a trained quantized activation: θ = λ, v(0) = shift·θ."""
+        theta, shift, _ = _activation_facts(act)
+        kwargs.setdefault("v_init", shift)
+        return cls(theta, **kwargs)
+
+    @classmethod
+    def from_threshold(cls, threshold: float | Tensor, **kwargs) -> SpikingNeuron:
+        """Neuron with an explicit threshold (e.g. a calibrated ReLU percentile)."""
+        return cls(threshold, **kwargs)
+
+    # --- the skeleton -----------------------------------------------------------------
+    @property
+    def quantum(self) -> Tensor:
+        """Value of one spike (and the amount the membrane is reduced by per spike)."""
+        return self.threshold
+
+    @property
+    def v0(self) -> Tensor:
+        """Initial membrane potential (a scalar)."""
+        return self.v_init * self.threshold
+
+    def init_state(self, x: Tensor) -> None:
+        """Allocate the state for input ``x`` of shape ``[B, ...]``."""
+        self.v = torch.full_like(x, 0.0, dtype=torch.float32) + self.v0
+
+    def charge(self, x: Tensor) -> None:
+        self.v = self.v + x.float()
+
+    def fire(self) -> Tensor:
+        """Integer-valued spike count per element (float tensor), from ``self.v``."""
+        raise NotImplementedError
+
+    def reset_by(self, count: Tensor) -> None:
+        self.v = self.v - count * self.quantum
+
+    def step(self, x: Tensor) -> Tensor:
+        """One time step: ``x`` ``[B, ...]`` → emitted value ``[B, ...]`` in x's dtype."""
+        if self.v is None:
+            self.init_state(x)
+        self.charge(x)
+        count = self.fire()
+        self.reset_by(count)
+        out = count * self.quantum
+        if self.record:
+            self.recorded = out if self.recorded is None else self.recorded + out
+            self._recorded_steps += 1
+        return out.to(x.dtype)
+
+    def multi_step(self, x_seq: Tensor) -> Tensor:
+        """``[T, B, ...]`` → ``[T, B, ...]``, looping `step` over time."""
+        return torch.stack([self.step(x) for x in x_seq.unbind(0)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._ann_mode:
+            return self.ann_activation(x)
+        if self._fold is not None:
+            # Folded [T·B, ...] from a network whose stateless layers batch over time.
+            return self.multi_step(x.unflatten(0, (self._fold, -1))).flatten(0, 1)
+        if self.step_mode == "m":
+            return self.multi_step(x)
+        return self.step(x)
+
+    def reset(self) -> None:
+        """Forget the state; the next step starts from v(0)."""
+        self.v = None
+        self.recorded = None
+        self._recorded_steps = 0
+
+    def recorded_mean(self) -> Tensor | None:
+        """Mean emitted value per step since the last reset (``record=True`` only)."""
+        if self.recorded is None:
+            return None
+        return self.recorded / self._recorded_steps
+
+    def extra_repr(self) -> str:
+        return f"threshold={float(self.threshold):.4g}, v_init={self.v_init}, step_mode={self.step_mode!r}"
+
+
+class IFNeuron(SpikingNeuron):
+    """Integrate-and-fire, reset by subtraction, emits θ per spike (QCFS §1.2).
+
+    ``v ← v + x; s = [v ≥ θ]; v ← v − s·θ; emit s·θ`` with ``v(0) = θ/2`` by default.
+    With θ = λ, v(0) = λ/2, T = L steps and constant input z, the mean output is exactly
+    the QCFS activation h(z) (methods.md §6 item 3).
+    """
+
+    def fire(self) -> Tensor:
+        # Inclusive fire condition v ≥ θ (methods.md §0.8).
+        return (self.v >= self.threshold).float()
+
+
+class GroupNeuron(SpikingNeuron):
+    """Group neuron (GN): τ IF members with thresholds iθ/τ sharing one membrane.
+
+    ``k = #{i ∈ 1..τ : v ≥ iθ/τ}``, ``v ← v − k·θ/τ`` (lateral inhibition: each member
+    is reduced by the group's total firing), emit ``k·θ/τ``. ``v(0) = θ/(2τ)``.
+    τ = 1 is exactly `IFNeuron`; with τ = L the network equals the QCFS ANN at T = 1.
+    """
+
+    def __init__(
+        self,
+        threshold: float | Tensor,
+        tau: int = 4,
+        v_init: float = 0.5,
+        step_mode: str = "s",
+    ):
+        super().__init__(threshold, v_init=v_init, step_mode=step_mode)
+        if int(tau) != tau or tau < 1:
+            raise ValueError(f"tau must be a positive integer, got {tau!r}")
+        self.tau = int(tau)
+
+    @classmethod
+    def from_activation(cls, act: nn.Module, tau: int | None = None, **kwargs) -> GroupNeuron:
+        """θ = λ, v(0) = shift·θ/τ, τ defaults to the activation's levels L."""
+        theta, shift, levels = _activation_facts(act)
+        kwargs.setdefault("v_init", shift)
+        return cls(theta, tau=tau or levels or 4, **kwargs)
+
+    @property
+    def quantum(self) -> Tensor:
+        return self.threshold / self.tau
+
+    @property
+    def v0(self) -> Tensor:
+        # v_init is a fraction of one member step θ/τ (the ½-shift of a τ-level quantizer).
+        return self.v_init * self.quantum
+
+    def member_thresholds(self) -> Tensor:
+        """``[τ]`` thresholds iθ/τ, i = 1..τ."""
+        i = torch.arange(1, self.tau + 1, device=self.threshold.device, dtype=torch.float32)
+        return i * self.quantum
+
+    def fire(self) -> Tensor:
+        # Count of members whose threshold iθ/τ is reached, written as a clamped floor
+        # (one op instead of τ comparisons): floor(v/(θ/τ)) clipped to [0, τ].
+        return torch.clamp(torch.floor(self.v / self.quantum), 0, self.tau)
+
+    def member_spikes(self, count: Tensor) -> Tensor:
+        """Binary member spike trains ``[τ, ...]`` (0/1) for a count tensor ``[...]``.
+
+        Member i fires iff ``count ≥ i``, i.e. iff v reached its threshold iθ/τ; this is
+        what a chip with τ binary neurons per group would receive. Summing over the
+        first axis gives ``count`` back.
+        """
+        i = torch.arange(1, self.tau + 1, device=count.device, dtype=count.dtype)
+        return (count.unsqueeze(0) >= i.view(-1, *([1] * count.dim()))).to(count.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tau={self.tau}"
+
+
+class ConsistentIF(SpikingNeuron):
+    """Consistent IF neuron (CIF, CASC §3.2): spikes may be retracted.
+
+    State: membrane v, net spike count N, wake-step counter t, `sleeping` flag. Per step:
+    ``v ← v + x``; in wake t ← t + 1; ``s = clip(floor(v/θ), −γ, γ)``, limited so that
+    ``0 ≤ N + s ≤ γ·t`` (no retraction of spikes never emitted, never more net spikes
+    than wake steps allow); ``N ← N + s``; ``v ← v − s·θ``; emit ``s·θ``.
+
+    After T wake steps and enough input-free sleep steps, N = clip(floor((Z + v0)/θ), 0, T)
+    for the total wake input Z, whatever its order. For γ = 1 the limit is the reference
+    rule (no positive spike when N ≥ t, no negative one when N ≤ 0); for γ > 1 the cap
+    is γ·t so a step can never overshoot it.
+    """
+
+    allows_maxpool = True
+
+    def __init__(
+        self,
+        threshold: float | Tensor = 1.0,
+        v_init: float = 0.0,
+        gamma: int = 1,
+        negative_spikes: bool = True,
+        step_mode: str = "s",
+    ):
+        super().__init__(threshold, v_init=v_init, step_mode=step_mode)
+        if int(gamma) != gamma or gamma < 1:
+            raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
+        self.gamma = int(gamma)
+        self.negative_spikes = bool(negative_spikes)
+        self.sleeping = False
+        self.count: Tensor | None = None  # N, same shape as v
+        self.wake_steps = 0  # t (a scalar: every element sees the same wake steps)
+
+    def init_state(self, x: Tensor) -> None:
+        super().init_state(x)
+        self.count = torch.zeros_like(self.v)
+
+    def charge(self, x: Tensor) -> None:
+        super().charge(x)
+        if not self.sleeping:
+            self.wake_steps += 1
+
+    def fire(self) -> Tensor:
+        s = torch.clamp(torch.floor(self.v / self.threshold), -self.gamma, self.gamma)
+        low = -self.count if self.negative_spikes else torch.zeros_like(self.count)
+        high = self.gamma * self.wake_steps - self.count
+        # Limit to -N ≤ s ≤ γ·t − N, i.e. 0 ≤ N + s ≤ γ·t.
+        return torch.minimum(torch.maximum(s, low), high)
+
+    def reset_by(self, count: Tensor) -> None:
+        self.count = self.count + count
+        super().reset_by(count)
+
+    def reset(self) -> None:
+        super().reset()
+        self.count = None
+        self.wake_steps = 0
+        self.sleeping = False
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr() + f", gamma={self.gamma}, negative_spikes={self.negative_spikes}"
+        )
+
+
+# ----------------------------------------------------------------------------- registry
+
+_NEURONS: dict[str, type[SpikingNeuron]] = {
+    "if": IFNeuron,
+    "gn": GroupNeuron,
+    "cif": ConsistentIF,
+}
+
+
+def list_neurons() -> list[str]:
+    """Names accepted by ``convert(model, neuron=...)``."""
+    return sorted(_NEURONS)
+
+
+def neuron_class(name: str) -> type[SpikingNeuron]:
+    """The neuron class registered under ``name``."""
+    try:
+        return _NEURONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown neuron {name!r}; choose one of {', '.join(list_neurons())}"
+        ) from None
+
+
+def create_neuron(
+    name: str, act: nn.Module | None = None, threshold=None, **kwargs
+) -> SpikingNeuron:
+    """Build a neuron by name, from a quantized activation or an explicit threshold."""
+    cls = neuron_class(name)
+    if act is not None:
+        return cls.from_activation(act, **kwargs)
+    return cls.from_threshold(threshold, **kwargs)
+
+
+def neurons(net: nn.Module) -> Iterator[tuple[str, SpikingNeuron]]:
+    """(qualified name, neuron) for every spiking neuron in ``net``."""
+    for name, m in net.named_modules():
+        if isinstance(m, SpikingNeuron):
+            yield name, m
+
+
+def reset(net: nn.Module) -> nn.Module:
+    """Reset the state of every stateful module in ``net`` (neurons, spiking pools)."""
+    for m in net.modules():
+        if isinstance(m, SpikingNeuron) or getattr(m, "is_stateful", False):
+            m.reset()
+    return net

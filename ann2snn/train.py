@@ -1,0 +1,679 @@
+"""Train the source ANN: one validated dataclass in, a self-describing run folder out.
+
+>>> from ann2snn.train import TrainConfig, train
+>>> cfg = TrainConfig.from_preset("qcfs", model="resnet20", dataset="cifar10", epochs=300)
+>>> record = train(cfg)              # writes cfg.out_dir/{last,best,resume}.*
+>>> model = ann2snn.load(cfg.out_dir)  # best epoch by validation accuracy
+
+The loop is plain SGD with momentum, cosine annealing per epoch (optional linear
+warm-up), cross-entropy, and bf16 autocast + channels_last on CUDA. Model selection
+uses the validation split carved from the training set; the test accuracy is measured
+every epoch for the record but never used to choose anything.
+
+After every epoch the run folder gets ``best.*`` (when the selection score improved),
+``last.*`` and finally ``resume.*`` — the resume pair is the commit point and holds
+everything needed to continue (weights, optimizer, scheduler, RNG states, record), so
+a run killed at any moment continues from its last complete epoch with ``resume=True``
+and ends exactly where an uninterrupted run ends (bit for bit on CPU).
+
+`train_one_epoch` and `evaluate` work with any ``nn.Module`` and any iterable of
+``(x, y)`` batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._progress import ProgressBar
+from .checkpoint import RESUME_TAG, _plain, load_resume_state, save_checkpoint, save_resume_state
+
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "Scores",
+    "train",
+    "train_one_epoch",
+    "evaluate",
+    "param_groups",
+    "lr_at",
+    "seed_everything",
+]
+
+# ----------------------------------------------------------------------------- config
+
+#: Named training recipes (methods.md §1.4, §2.4, §3.5, §4.5). Data, not code paths:
+#: `TrainConfig.from_preset(name, model=..., dataset=..., **overrides)` applies one.
+PRESETS: dict[str, dict[str, Any]] = {
+    # QCFS (Bu et al., ICLR 2022): SGD 0.1, wd 5e-4, cosine over all epochs, no warm-up;
+    # 300 epochs (the code comments that 300 beat its default 120); L = 4 as in the README
+    # example (the paper recommends 4 or 8). CIFAR augmentation: AutoAugment + Cutout 16.
+    "qcfs": dict(
+        act="qcfs",
+        levels=4,
+        epochs=300,
+        batch_size=128,
+        lr=0.1,
+        weight_decay=5e-4,
+        autoaugment=True,
+        cutout=16,
+    ),  # fmt: skip
+    # NQ (Huang et al., 2024): QCFS + training noise; code defaults lr 0.05, wd 5e-4,
+    # 400 epochs, L = 4. Its σ calibration is an `on_epoch_end` hook; the reference code
+    # selected by *test* SNN accuracy, we select on the validation split.
+    "nq": dict(
+        act="nq",
+        levels=4,
+        epochs=400,
+        batch_size=128,
+        lr=0.05,
+        weight_decay=5e-4,
+        autoaugment=True,
+        cutout=16,
+    ),  # fmt: skip
+    # CASC (Li et al., 2024): clip-floor activation with Q = 8, wd 1e-4, label smoothing
+    # 0.1, 5 warm-up epochs from 1e-6, then cosine to 0; 300 epochs.
+    "casc": dict(
+        act="clipq",
+        levels=8,
+        epochs=300,
+        batch_size=128,
+        lr=0.1,
+        weight_decay=1e-4,
+        label_smoothing=0.1,
+        warmup_epochs=5,
+        autoaugment=True,
+        cutout=16,
+    ),  # fmt: skip
+    # GN (Lv et al., ICASSP 2024): a plain QCFS ANN with L = 8 and λ initialised to L
+    # (8.0; pass act_kwargs={"init_threshold": L} too when overriding levels); lr 0.1,
+    # wd 5e-4, cosine, 300 epochs.
+    "gn": dict(
+        act="qcfs",
+        levels=8,
+        epochs=300,
+        batch_size=128,
+        lr=0.1,
+        weight_decay=5e-4,
+        act_kwargs={"init_threshold": 8.0},
+        autoaugment=True,
+        cutout=16,
+    ),  # fmt: skip
+}
+
+_AMP_CHOICES = ("auto", "bf16", "off")
+
+# Recipe fields that may differ between an interrupted run and its resumption: they
+# change where or how verbosely the run executes, not what it computes.
+_RESUMABLE_CHANGES = {"resume", "progress", "device", "num_workers", "data_dir", "out_dir"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; validated on construction.
+
+    ``out_dir`` defaults to ``runs/<dataset>-<model>-<act>-L<levels>``. ``amp``: "auto"
+    (bf16 autocast on CUDA, off elsewhere), "bf16" or "off". ``channels_last``: "auto"
+    (on for CUDA) or a bool. ``act_kwargs`` go to the activation (e.g. ``init_threshold``).
+    ``resume=True`` continues an interrupted run in ``out_dir`` (or starts it if empty).
+    """
+
+    model: str
+    dataset: str
+    data_dir: str | None = None
+    act: str = "qcfs"
+    levels: int = 4
+    pool: str = "avg"
+    epochs: int = 120
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    warmup_epochs: int = 0
+    seed: int = 42
+    device: str = "auto"
+    out_dir: str | None = None
+    val_fraction: float = 0.1
+    amp: str | bool = "auto"
+    channels_last: str | bool = "auto"
+    limit_train: int | None = None
+    limit_test: int | None = None
+    num_workers: int = 0
+    autoaugment: bool = False
+    cutout: int = 0
+    act_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(f"TrainConfig: {msg}")
+
+        def positive_int(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
+                fail(f"{name} must be an integer >= {0 if allow_zero else 1}, got {v!r}")
+
+        for name in ("model", "dataset"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                fail(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
+        from ann2snn.activations import list_activations
+
+        if self.act not in list_activations():
+            fail(f"unknown act {self.act!r}; choose one of {', '.join(list_activations())}")
+        positive_int("levels")
+        if self.pool not in ("avg", "max"):
+            fail(f"pool must be 'avg' (conversion-friendly) or 'max', got {self.pool!r}")
+        positive_int("epochs")
+        positive_int("batch_size")
+        positive_int("warmup_epochs", allow_zero=True)
+        if self.warmup_epochs >= self.epochs:
+            fail(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            fail(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            fail(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            fail(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.label_smoothing < 1:
+            fail(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 <= self.val_fraction < 1:
+            fail(
+                f"val_fraction must be in [0, 1) (0 = no validation split), got {self.val_fraction!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            fail(f"seed must be an integer, got {self.seed!r}")
+        try:
+            if self.device != "auto":
+                torch.device(self.device)
+        except (RuntimeError, TypeError):
+            fail(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if isinstance(self.amp, bool):  # amp=True/False as shorthands
+            self.amp = "bf16" if self.amp else "off"
+        if self.amp not in _AMP_CHOICES:
+            fail(f"amp must be one of {', '.join(_AMP_CHOICES)} (or a bool), got {self.amp!r}")
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            fail(f"channels_last must be 'auto' or a bool, got {self.channels_last!r}")
+        positive_int("limit_train", allow_none=True)
+        positive_int("limit_test", allow_none=True)
+        positive_int("num_workers", allow_zero=True)
+        positive_int("cutout", allow_zero=True)
+        if not isinstance(self.act_kwargs, dict):
+            fail(f"act_kwargs must be a dict, got {type(self.act_kwargs).__name__}")
+        if self.out_dir is None:
+            self.out_dir = f"runs/{self.dataset}-{self.model}-{self.act}-L{self.levels}"
+        self.out_dir = str(self.out_dir)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """A config from `PRESETS[name]` with ``overrides`` (``model`` and ``dataset`` needed)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+class Scores(NamedTuple):
+    """Top-1 accuracy in percent and mean cross-entropy over all samples of a loop."""
+
+    acc: float
+    loss: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD parameter groups: everything decays except the activation thresholds.
+
+    QCFS stores λ as ``log_threshold`` (log λ) so that no step can push λ through zero.
+    Weight decay on log λ would pull log λ toward 0, i.e. λ toward 1 — an arbitrary
+    value with no regularising meaning (the clip range is set by the data, not by a
+    prior around 1). So threshold parameters get no decay; all other parameters
+    (including BatchNorm's) keep it, as in the reference code.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.rsplit(".", 1)[-1] == "log_threshold" else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_at(epoch: int, config: TrainConfig) -> float:
+    """Learning rate used during 0-based ``epoch``: linear warm-up from 1e-6 over
+    ``warmup_epochs`` (CASC), then cosine from ``lr`` toward 0 over the remaining epochs
+    (stepped per epoch, like `CosineAnnealingLR(T_max=epochs)` when there is no warm-up)."""
+    w, lr = config.warmup_epochs, config.lr
+    if epoch < w:
+        start = min(1e-6, lr)
+        return start + (lr - start) * epoch / w
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / (config.epochs - w)))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: str | torch.device | None = None,
+    label_smoothing: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: ProgressBar | None = None,
+) -> Scores:
+    """One pass of SGD over ``loader``; returns the running (train-mode) accuracy and loss.
+
+    ``amp_dtype`` (e.g. torch.bfloat16) turns on autocast; the loss is computed in fp32.
+    Raises FloatingPointError if the loss became NaN/inf (learning rate too high).
+    """
+    device = torch.device(device) if device is not None else _device_of(model)
+    model.train()
+    # Running sums stay on the device: no GPU→CPU sync per step.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+
+    def stats() -> dict[str, float]:
+        return {
+            "loss": loss_sum.item() / max(seen, 1),
+            "acc": 100.0 * correct.item() / max(seen, 1),
+        }
+
+    for x, y in loader:
+        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)  # (B, num_classes)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        loss_sum += loss.detach() * n
+        correct += (logits.argmax(1) == y).sum()
+        seen += n
+        if progress is not None:
+            progress.update(1, stats=stats)
+    mean_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(
+            f"training loss is {mean_loss}; lower lr (or use warmup_epochs) and resume from "
+            "the last checkpoint"
+        )
+    return Scores(
+        100.0 * correct.item() / max(seen, 1) if seen else math.nan, mean_loss if seen else math.nan
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    device: str | torch.device | None = None,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Scores:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` in eval mode over ``loader``
+    (NaN for an empty loader). The model's train/eval mode is restored afterwards."""
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for x, y in loader:
+        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)  # (B, num_classes)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+    model.train(was_training)
+    if seen == 0:
+        return Scores(math.nan, math.nan)
+    return Scores(100.0 * correct.item() / seen, loss_sum.item() / seen)
+
+
+# ----------------------------------------------------------------------------- RNG state
+# Saved as uint8 tensors (no pickle): torch's and CUDA's states already are; Python's
+# and NumPy's Mersenne-Twister words (uint32) are stored as their little-endian bytes.
+
+
+def _u8(words: Any) -> Tensor:
+    return torch.from_numpy(np.asarray(words, dtype="<u4").view(np.uint8).copy())
+
+
+def _words(t: Tensor) -> np.ndarray:
+    return np.frombuffer(t.numpy().tobytes(), dtype="<u4")
+
+
+def _rng_state() -> dict[str, Any]:
+    py_version, py_words, py_gauss = random.getstate()
+    np_name, np_words, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        # Only when CUDA is in use: querying it would otherwise initialise CUDA.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "python": {"version": py_version, "words": _u8(py_words), "gauss_next": py_gauss},
+        "numpy": {
+            "name": np_name,
+            "words": _u8(np_words),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(w) for w in _words(py["words"])), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], _words(n["words"]).copy(), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _resolve_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | None, bool]:
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    cuda = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if config.amp == "bf16" or (config.amp == "auto" and cuda) else None
+    channels_last = cuda if config.channels_last == "auto" else bool(config.channels_last)
+    return device, amp_dtype, channels_last
+
+
+def _hook(hooks: Any, name: str) -> Callable[..., Any] | None:
+    if hooks is None:
+        return None
+    fn = hooks.get(name) if isinstance(hooks, Mapping) else getattr(hooks, name, None)
+    if fn is not None and not callable(fn):
+        raise TypeError(f"hooks.{name} must be callable, got {type(fn).__name__}")
+    return fn
+
+
+def _has_run(run_dir: Path) -> bool:
+    return any((run_dir / f"{tag}.json").exists() for tag in ("last", "best", RESUME_TAG))
+
+
+def _plain_recipe(config: TrainConfig) -> dict[str, Any]:
+    return _plain(asdict(config))
+
+
+def _check_resumable(config: TrainConfig, saved: Mapping[str, Any], run_dir: Path) -> None:
+    now = _plain_recipe(config)
+    changed = sorted(
+        k
+        for k in set(now) | set(saved)
+        if k not in _RESUMABLE_CHANGES and now.get(k) != saved.get(k)
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{run_dir}: cannot resume with a different recipe ({diffs}); resume with the "
+            "original settings, or choose another out_dir for a new run"
+        )
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None) -> dict:
+    """Train ``config.model`` on ``config.dataset``; checkpoint every epoch into ``out_dir``.
+
+    Args:
+        config: the run's recipe (`TrainConfig`).
+        hooks: None, or a mapping/object with ``on_epoch_end(model, epoch, loaders, record)``
+            called after each epoch's evaluation and BEFORE that epoch's checkpoint is
+            written (``epoch`` = number of completed epochs). A returned dict is merged into
+            ``record["extra"]``; its key ``"select_metric"`` (if present) replaces the
+            validation accuracy as the score that picks ``best``.
+        resume: overrides ``config.resume``. When true, continue from the last complete
+            epoch in ``out_dir`` with the saved optimizer, scheduler and RNG states (a fresh
+            run if the folder has no checkpoint).
+
+    Returns:
+        The record of the last epoch (as saved in ``last.json``).
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a run and resume is off.
+    """
+    resume = config.resume if resume is None else resume
+    run_dir = Path(config.out_dir)
+    saved = None
+    if _has_run(run_dir):
+        if not resume:
+            raise FileExistsError(
+                f"{run_dir} already holds a training run; pass resume=True to continue it, or "
+                "choose another out_dir (runs are never overwritten)"
+            )
+        if not (run_dir / f"{RESUME_TAG}.json").exists():
+            raise FileExistsError(
+                f"{run_dir} holds a checkpoint but no {RESUME_TAG}.json, so it cannot be "
+                "resumed; choose another out_dir for a new run"
+            )
+        saved = load_resume_state(run_dir)
+        _check_resumable(config, saved["record"]["recipe"], run_dir)
+
+    create_loaders = importlib.import_module("ann2snn.data").create_loaders
+    create_model = importlib.import_module("ann2snn.models").create_model
+    device, amp_dtype, channels_last = _resolve_runtime(config)
+    seed_everything(config.seed)
+    loaders = create_loaders(
+        config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        num_workers=config.num_workers,
+        device=device,
+        autoaugment=config.autoaugment,
+        cutout=config.cutout,
+        limit_train=config.limit_train,
+        limit_test=config.limit_test,
+    )
+    model_kwargs = dict(
+        num_classes=loaders.num_classes,
+        in_channels=loaders.in_channels,
+        act=config.act,
+        levels=config.levels,
+        pool=config.pool,
+        image_size=loaders.image_size,
+        **config.act_kwargs,
+    )
+    model = create_model(config.model, **model_kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum
+    )
+    # LambdaLR multiplies each group's base lr; stepped once per epoch.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: lr_at(epoch, config) / config.lr
+    )
+
+    if saved is not None:
+        model.load_state_dict(saved["model"], strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        record = saved["record"]
+        record["recipe"] = _plain_recipe(config)
+        start = int(saved["epoch"])
+    else:
+        record = {
+            "model": config.model,
+            "model_kwargs": model_kwargs,
+            "activation": config.act,
+            "levels": config.levels,
+            "dataset": loaders.name,
+            "recipe": _plain_recipe(config),
+            "epoch": 0,
+            "metrics": {"history": [], "best_epoch": None, "best_select": None},
+            "extra": {},
+            "seed": config.seed,
+        }
+        start = 0
+    record["runtime"] = {
+        "device": str(device),
+        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+        "channels_last": channels_last,
+    }
+    on_epoch_end = _hook(hooks, "on_epoch_end")
+    log = sys.stderr if config.progress else None
+    if log is not None:
+        n_params = sum(p.numel() for p in model.parameters())
+        what = f"resuming after epoch {start}" if saved is not None else "training"
+        print(
+            f"{what}: {config.model} ({n_params / 1e6:.2f}M params) on {loaders.name}, "
+            f"{config.epochs} epochs, {device}"
+            + (f" {record['runtime']['amp']}" if amp_dtype else "")
+            + f" -> {run_dir}",
+            file=log,
+        )
+
+    for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        for loader in (loaders.train, loaders.val, loaders.test):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)  # resumed runs replay the same shuffles/augmentations
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        bar = ProgressBar(_len(loaders.train), desc, enabled=config.progress)
+        train_scores = train_one_epoch(
+            model,
+            loaders.train,
+            optimizer,
+            device=device,
+            label_smoothing=config.label_smoothing,
+            amp_dtype=amp_dtype,
+            channels_last=channels_last,
+            progress=bar,
+        )
+        kw = dict(amp_dtype=amp_dtype, channels_last=channels_last)
+        val = evaluate(model, loaders.val, device, **kw) if loaders.val is not None else None
+        test = evaluate(model, loaders.test, device, **kw)
+        scheduler.step()
+
+        val_acc = _finite_or_none(val.acc) if val is not None else None
+        entry = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_scores.loss,
+            "train_acc": train_scores.acc,
+            "val_acc": val_acc,
+            "val_loss": _finite_or_none(val.loss) if val is not None else None,
+            "test_acc": _finite_or_none(test.acc),
+            "test_loss": _finite_or_none(test.loss),
+        }
+        metrics = record["metrics"]
+        metrics["history"].append(entry)
+        metrics.update({k: entry[k] for k in ("train_loss", "train_acc", "val_acc", "test_acc")})
+        record["epoch"] = epoch + 1
+
+        # The hook (e.g. NQ's σ calibration) runs before this epoch's checkpoint so that
+        # what it computes is saved with the weights it belongs to.
+        select = val_acc
+        if on_epoch_end is not None:
+            out = on_epoch_end(model, epoch + 1, loaders, record)
+            if out:
+                out = dict(out)
+                if "select_metric" in out:
+                    select = float(out.pop("select_metric"))
+                record["extra"].update(out)
+        entry["select_metric"] = select
+        entry["time_s"] = round(time.perf_counter() - t0, 3)
+        # Without a validation split (and no hook score) there is nothing to select
+        # on: the latest epoch counts as best.
+        best = metrics["best_select"]
+        improved = best is None or select is None or select > best
+        if improved:
+            metrics["best_epoch"], metrics["best_select"] = epoch + 1, select
+
+        # best → last → resume: resume.* is written last and is the commit point; a run
+        # killed before it is written redoes this epoch (identically) on resume.
+        if improved:
+            save_checkpoint(run_dir, model, record, tag="best")
+        save_checkpoint(run_dir, model, record, tag="last")
+        save_resume_state(
+            run_dir,
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "record": record,
+            },
+        )
+        bar.close(
+            f"{desc}  lr {lr:.4g}  train loss {train_scores.loss:.4f} acc {train_scores.acc:.2f}%"
+            f"  val {_pct(val_acc)}  test {_pct(entry['test_acc'])}  {entry['time_s']:.1f}s"
+            + ("  *" if improved else "")
+        )
+    return record
+
+
+def _len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}%"

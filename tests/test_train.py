@@ -1,0 +1,313 @@
+"""Training loop: config validation, schedule, checkpoints per epoch, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import _tiny
+import pytest
+import torch
+from torch import nn
+
+from ann2snn import checkpoint as ckpt
+from ann2snn._progress import ProgressBar
+from ann2snn.train import (
+    PRESETS,
+    TrainConfig,
+    evaluate,
+    lr_at,
+    param_groups,
+    train,
+    train_one_epoch,
+)
+
+WORKER = Path(__file__).with_name("_train_worker.py")
+
+
+def _config(out_dir, **overrides) -> TrainConfig:
+    kw = dict(model="tiny", dataset="synthetic", epochs=1, batch_size=16, lr=0.05,
+              device="cpu", out_dir=str(out_dir), progress=False)  # fmt: skip
+    return TrainConfig(**{**kw, **overrides})
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    _tiny.install(monkeypatch)
+
+
+def _history(record):
+    return [{k: v for k, v in e.items() if k != "time_s"} for e in record["metrics"]["history"]]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("epochs", 0, "epochs must be an integer >= 1"),
+        ("batch_size", -4, "batch_size"),
+        ("lr", 0.0, "lr must be a positive number"),
+        ("lr", float("nan"), "lr must be a positive number"),
+        ("act", "tanh", "unknown act 'tanh'; choose one of"),
+        ("levels", 0, "levels"),
+        ("pool", "median", "pool must be 'avg'"),
+        ("momentum", 1.0, "momentum"),
+        ("weight_decay", -1e-4, "weight_decay"),
+        ("label_smoothing", 1.0, "label_smoothing"),
+        ("val_fraction", 1.0, "val_fraction"),
+        ("warmup_epochs", 1, r"warmup_epochs \(1\) must be < epochs \(1\)"),
+        ("amp", "fp8", "amp must be one of"),
+        ("channels_last", "yes", "channels_last"),
+        ("device", "gpu0", "device must be"),
+        ("limit_train", 0, "limit_train"),
+        ("seed", 1.5, "seed"),
+        ("model", "", "model must be a non-empty name"),
+        ("act_kwargs", [("sigma", 0.1)], "act_kwargs must be a dict"),
+    ],
+)
+def test_config_validation(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        _config(tmp_path, **{field: value})
+
+
+def test_config_defaults_and_shorthands():
+    cfg = TrainConfig(model="resnet20", dataset="cifar10", amp=False)
+    assert cfg.out_dir == "runs/cifar10-resnet20-qcfs-L4"
+    assert cfg.amp == "off" and TrainConfig(model="m", dataset="d", amp=True).amp == "bf16"
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.seed) == (
+        0.1,
+        0.9,
+        5e-4,
+        128,
+        42,
+    )
+
+
+def test_presets():
+    assert set(PRESETS) == {"qcfs", "nq", "casc", "gn"}
+    casc = TrainConfig.from_preset("casc", model="vgg16", dataset="cifar10")
+    assert (casc.act, casc.levels, casc.lr, casc.weight_decay) == ("clipq", 8, 0.1, 1e-4)
+    assert (casc.label_smoothing, casc.warmup_epochs) == (0.1, 5)
+    nq = TrainConfig.from_preset("nq", model="vgg16", dataset="cifar10", epochs=10)
+    assert (nq.act, nq.lr, nq.weight_decay, nq.levels, nq.epochs) == ("nq", 0.05, 5e-4, 4, 10)
+    qcfs = TrainConfig.from_preset("qcfs", model="vgg16", dataset="cifar10")
+    assert (qcfs.act, qcfs.lr, qcfs.weight_decay, qcfs.warmup_epochs) == ("qcfs", 0.1, 5e-4, 0)
+    gn = TrainConfig.from_preset("gn", model="resnet20", dataset="cifar100")
+    assert gn.levels == 8 and gn.act_kwargs == {"init_threshold": 8.0}
+    gn.act_kwargs["x"] = 1  # presets are copied, not shared
+    assert PRESETS["gn"]["act_kwargs"] == {"init_threshold": 8.0}
+    with pytest.raises(ValueError, match="unknown preset 'foo'; choose one of qcfs"):
+        TrainConfig.from_preset("foo", model="m", dataset="d")
+    with pytest.raises(ValueError, match="unknown TrainConfig field.*epoch_count"):
+        TrainConfig.from_preset("qcfs", model="m", dataset="d", epoch_count=3)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(model="m", dataset="d", epochs=10, lr=0.1)
+    lrs = [lr_at(e, cfg) for e in range(10)]
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for e in range(10):
+        assert lrs[e] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        ref.step()
+    warm = TrainConfig(model="m", dataset="d", epochs=10, lr=0.1, warmup_epochs=5)
+    assert lr_at(0, warm) == pytest.approx(1e-6)
+    assert lr_at(4, warm) == pytest.approx(1e-6 + (0.1 - 1e-6) * 4 / 5)
+    assert lr_at(5, warm) == pytest.approx(0.1)
+    assert lr_at(9, warm) == pytest.approx(0.05 * (1 + math.cos(math.pi * 4 / 5)))
+
+
+def test_thresholds_get_no_weight_decay():
+    model = _tiny.TinyNet(act="qcfs")
+    groups = param_groups(model, 5e-4)
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    assert groups[1]["params"] == [model.features[2].log_threshold]
+    assert len(groups[0]["params"]) == len(list(model.parameters())) - 1
+    assert len(param_groups(_tiny.TinyNet(act="clipq", levels=8), 1e-4)) == 1
+
+
+# ----------------------------------------------------------------------------- the core loop
+
+
+def test_core_loop_works_with_any_module_and_iterable():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    first = evaluate(model, batches)
+    for _ in range(20):
+        scores = train_one_epoch(model, batches, opt)
+    acc, loss = evaluate(model, batches, "cpu")
+    assert model.training  # evaluate restores the mode it found
+    assert acc > 90 and loss < first.loss and 0 <= scores.acc <= 100
+    assert all(math.isnan(v) for v in evaluate(model, []))
+
+
+def test_train_one_epoch_rejects_nan_loss():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        train_one_epoch(model, [(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))], opt)
+
+
+# ----------------------------------------------------------------------------- train()
+
+
+def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
+    seen = {}
+
+    def on_epoch_end(model, epoch, loaders, record):
+        seen["model"] = copy.deepcopy(model).eval()  # exactly what is about to be saved
+        seen["epoch"] = epoch
+        return {"note": f"epoch {epoch}"}
+
+    record = train(
+        _config(tmp_path, act="nq", act_kwargs={"sigma": 0.05}), {"on_epoch_end": on_epoch_end}
+    )
+    assert seen["epoch"] == 1 and record["epoch"] == 1
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.json", "best.safetensors", "last.json", "last.safetensors",
+                     "resume.json", "resume.safetensors"]  # fmt: skip
+    loaded = ckpt.load(tmp_path / "last.json")
+    x = torch.randn(8, 3, _tiny.IMAGE, _tiny.IMAGE)
+    assert torch.equal(loaded(x), seen["model"](x))
+    rec = loaded.ann2snn_record
+    assert rec["model"] == "tiny" and rec["activation"] == "nq" and rec["levels"] == 4
+    assert rec["model_kwargs"] == dict(num_classes=_tiny.CLASSES, in_channels=3, act="nq", levels=4,
+                                       pool="avg", image_size=_tiny.IMAGE, sigma=0.05)  # fmt: skip
+    assert rec["recipe"]["lr"] == 0.05 and rec["seed"] == 42 and rec["extra"] == {"note": "epoch 1"}
+    (entry,) = rec["metrics"]["history"]
+    assert entry["epoch"] == 1 and entry["time_s"] > 0
+    for key in ("train_loss", "train_acc", "val_acc", "test_acc", "lr"):
+        assert isinstance(entry[key], float)
+    assert rec["metrics"]["val_acc"] == entry["val_acc"] == entry["select_metric"]
+    assert rec["runtime"] == {"device": "cpu", "amp": "off", "channels_last": False}
+
+
+def test_select_metric_from_hook_picks_best(tmp_path, fakes):
+    # The hook scores epoch 1 highest; best must stay at epoch 1 whatever val_acc does.
+    hooks = type(
+        "Hooks",
+        (),
+        {"on_epoch_end": staticmethod(lambda m, e, l, r: {"select_metric": -e, "sigma": [e]})},
+    )
+    record = train(_config(tmp_path, epochs=2), hooks)
+    assert record["epoch"] == 2 and record["metrics"]["best_epoch"] == 1
+    assert ckpt.load_record(tmp_path / "best.json")["epoch"] == 1
+    assert ckpt.load_record(tmp_path)["epoch"] == 1  # the folder loads best
+    assert record["extra"] == {"sigma": [2]} and "select_metric" not in record["extra"]
+    assert [e["select_metric"] for e in record["metrics"]["history"]] == [-1, -2]
+
+
+def test_no_validation_split_makes_last_the_best(tmp_path, fakes):
+    record = train(_config(tmp_path, epochs=2, val_fraction=0.0))
+    assert record["metrics"]["val_acc"] is None and record["metrics"]["best_epoch"] == 2
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, fakes):
+    train(_config(tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(FileExistsError, match="resume=True.*another out_dir"):
+        train(_config(tmp_path))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(ValueError, match=r"different recipe \(lr: 0.05 → 0.1\)"):
+        train(_config(tmp_path, lr=0.1), resume=True)
+    # Resuming a finished run trains nothing and returns its record.
+    record = train(_config(tmp_path, progress=True), resume=True)
+    assert record["epoch"] == 1 and len(record["metrics"]["history"]) == 1
+    assert (tmp_path / "last.safetensors").read_bytes() == before["last.safetensors"]
+
+
+def test_resume_flag_on_empty_folder_starts_fresh(tmp_path, fakes):
+    record = train(_config(tmp_path / "new", resume=True))
+    assert record["epoch"] == 1
+
+
+def test_progress_is_one_line_per_epoch_off_a_terminal(tmp_path, fakes, capsys):
+    train(_config(tmp_path, epochs=2, progress=True))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("training: tiny")
+    assert lines[1].startswith("epoch 1/2") and "val" in lines[1] and "test" in lines[1]
+    assert "\r" not in "".join(lines)
+
+
+def test_progress_bar_redraws_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    bar = ProgressBar(4, "epoch 1/1", stream=out, min_interval=0.0)
+    calls = []
+    for _ in range(4):
+        bar.update(1, stats=lambda: calls.append(1) or {"loss": 0.5})
+    bar.close("done")
+    text = out.getvalue()
+    assert text.count("\r") == 5 and "[#####" in text and "loss 0.5" in text
+    assert text.endswith("done\033[K\n") and len(calls) == 4
+    quiet = io.StringIO()
+    ProgressBar(4, stream=quiet, enabled=False).close("x")
+    assert quiet.getvalue() == ""
+
+
+# ----------------------------------------------------------------------------- kill + resume
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, fakes):
+    """A run SIGKILLed in the middle of epoch 2 and resumed ends bit for bit where an
+    uninterrupted run with the same seed ends: optimizer, scheduler and all RNG states
+    (the fake loader draws from torch, NumPy and Python generators; NQ noise from torch)
+    must be restored for that to hold."""
+    epochs = 3
+    common = dict(epochs=epochs, act="nq", act_kwargs={"sigma": 0.05}, warmup_epochs=1)
+    reference = train(_config(tmp_path / "reference", **common))
+
+    run = tmp_path / "killed"
+    marker = tmp_path / "epoch2-started"
+    cfg = asdict(_config(run, **common))
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), json.dumps(cfg), "1", str(marker), str(torch.get_num_threads())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 50
+        while not marker.exists():  # epoch 1 is checkpointed and epoch 2 has started
+            if proc.poll() is not None:
+                pytest.fail(f"worker exited early:\n{proc.stdout.read().decode()}")
+            assert time.monotonic() < deadline, "worker did not reach epoch 2"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert ckpt.load_record(run / "last.json")["epoch"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+    with pytest.raises(FileExistsError):
+        train(_config(run, **common))
+    resumed = train(_config(run, **common, resume=True))
+
+    assert resumed["epoch"] == epochs and len(resumed["metrics"]["history"]) == epochs
+    assert [e["epoch"] for e in resumed["metrics"]["history"]] == [1, 2, 3]
+    assert _history(resumed) == _history(reference)
+    got, want = ckpt.load_state_dict(run), ckpt.load_state_dict(tmp_path / "reference")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    ckpt.load(run)  # the final folder is a valid checkpoint
