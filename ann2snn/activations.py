@@ -123,7 +123,10 @@ class NoisyQCFS(QCFS):
 
     def forward(self, z: Tensor) -> Tensor:
         q = self.quantize(z)
-        if self.training and float(self.sigma) > 0:
+        if self.training:
+            # Always drawn in training: testing σ > 0 would cost a GPU→CPU sync per layer
+            # per step (and a graph break under torch.compile); with σ = 0 the result is
+            # q − 0·ε = q exactly.
             q = q - self.sigma.to(q.dtype) * torch.randn_like(q)
         return q
 

@@ -217,12 +217,19 @@ def _eval(args: argparse.Namespace) -> int:
         w = csv.writer(sys.stdout)
         w.writerow(["wake_steps", "total_steps", "accuracy"])
         for t in steps:
-            total = t + args.sleep if args.sleep and args.margin is None else None
-            w.writerow([t, total or t, row["accuracy_by_wake"].get(str(t))])
+            w.writerow([t, _total_steps(row, t), row["accuracy_by_wake"].get(str(t))])
     else:
         print(format_table([row], steps))
         print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
     return 0
+
+
+def _total_steps(row: dict[str, Any], t: int) -> int:
+    """Wake + sleep steps behind the accuracy reported for ``t`` wake steps."""
+    if "total_steps_by_wake" in row:  # one wake-sleep run per T
+        return row["total_steps_by_wake"][str(t)]
+    # One run of the schedule: the last record with t wake steps (after any sleep).
+    return max(n for w, n in zip(row["wake_steps"], row["total_steps"]) if w == t)
 
 
 def _run_folder(path: str) -> Path:
@@ -275,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except (CheckpointError, ConversionError, DatasetNotFoundError, ValueError) as err:
         print(f"ann2snn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:  # train: the run folder already holds a run
+        msg = str(err).replace("pass resume=True", "pass --resume")
+        msg = msg.replace("choose another out_dir", "choose another --out")
+        print(f"ann2snn {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

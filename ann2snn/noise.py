@@ -79,7 +79,10 @@ def calibrate_noise(
     """
     start = time.perf_counter()
     was_training = model.training
-    snn = convert(model.eval(), neuron="if")
+    try:  # the SNN is a copy: the model's mode is restored at once, also on errors
+        snn = convert(model.eval(), neuron="if")
+    finally:
+        model.train(was_training)
     if device is not None:
         snn = snn.to(device)
     dev = next(snn.parameters()).device
@@ -121,7 +124,6 @@ def calibrate_noise(
     if batches == 0:
         raise ValueError("calibrate_noise: the data yielded no batches")
     sigma = {name: (v / batches) ** 0.5 for name, v in var_sum.items()}
-    model.train(was_training)
     if apply:
         targets = noisy_layers(model)
         set_noise(model, {k: v for k, v in sigma.items() if k in targets})

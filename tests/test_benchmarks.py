@@ -1,0 +1,147 @@
+"""Tiny runs of every benchmark script, so the harness cannot rot.
+
+The scripts live in ``benchmarks/`` and are never imported by the package: each is loaded
+from its path (`runpy`) and its ``main(argv)`` run in-process on a tiny Fashion-MNIST set
+written here in the real IDX format (no Debian package, no network).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import runpy
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ann2snn import data
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    magic = 2051 if array.ndim == 3 else 2049  # images / labels, as `read_idx` expects
+    header = struct.pack(">II", magic, len(array))
+    if array.ndim == 3:
+        header += struct.pack(">II", *array.shape[1:])
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture
+def fmnist(tmp_path, monkeypatch) -> Path:
+    """A 240/100-image Fashion-MNIST look-alike; class-dependent brightness so it is
+    learnable. Nothing else (user data, Debian package, download) is visible."""
+    monkeypatch.delenv("ANN2SNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+
+    def no_download(root):
+        raise RuntimeError("network disabled in tests")
+
+    monkeypatch.setattr(data, "_download_fashion_mnist", no_download)
+    rng, folder = np.random.default_rng(0), tmp_path / "fmnist"
+    folder.mkdir()
+    for prefix, n in (("train", 240), ("t10k", 100)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 100, (n, 28, 28)) + 15 * y[:, None, None]
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return folder
+
+
+def _main(script: str):
+    return runpy.run_path(str(BENCH / script), run_name="benchmark_under_test")["main"]
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_accuracy_tiny(fmnist, tmp_path):
+    out, runs = tmp_path / "acc.json", tmp_path / "runs"
+    argv = ["--models", "cnn", "--epochs", "1", "--T", "1,2,4", "--casc-levels", "4",
+            "--casc-sleep", "auto", "--sleep-grid", "0,1,2,4", "--batch-size", "64",
+            "--device", "cpu", "--data-dir", str(fmnist), "--out", str(out),
+            "--runs-dir", str(runs), "--no-progress"]  # fmt: skip
+    main = _main("accuracy.py")
+    result = main(argv)
+    saved = json.loads(out.read_text())
+    assert saved["models"].keys() == {"cnn"}
+    entry = saved["models"]["cnn"]
+    assert set(entry["rows"]) == {"qcfs", "nq", "casc", "gn", "relu"}
+    for row in entry["rows"].values():
+        assert set(row["snn_accuracy"]) == {"1", "2", "4"}
+        assert all(0 <= a <= 1 for a in row["snn_accuracy"].values())
+        assert 0 <= row["ann_accuracy"] <= 1
+    casc = entry["rows"]["casc"]
+    search = entry["casc_sleep_search"]
+    assert set(search["accuracy_by_sleep"]) == {"0", "1", "2", "4"}
+    assert casc["sleep"] == (4 if search["loss_free_sleep"] is None else search["loss_free_sleep"])
+    assert casc["total_steps"] == {str(t): t + casc["sleep"] for t in (1, 2, 4)}
+    assert set(entry["training"]) == {"qcfs", "nq", "clipq", "relu"}
+    for info in entry["training"].values():
+        assert info["epochs"] == 1 and _finite_positive(info["mean_epoch_time_s"])
+    nq = entry["training"]["nq"]
+    assert _finite_positive(nq["mean_calibration_s"]) and nq["sigma_final"]
+    assert "| cnn | CASC (Q=4" in saved["table"] and saved["environment"]["torch"]
+    assert result["models"]["cnn"]["rows"].keys() == entry["rows"].keys()
+
+    # A re-run continues instead of retraining, and keeps the rows it did not redo.
+    resume = Path(entry["training"]["qcfs"]["run_dir"]) / "resume.json"
+    before = resume.stat().st_mtime_ns
+    main(argv + ["--methods", "gn"])
+    again = json.loads(out.read_text())["models"]["cnn"]
+    assert set(again["rows"]) == set(entry["rows"])
+    assert resume.stat().st_mtime_ns == before
+
+
+def test_speed_tiny(fmnist, tmp_path):
+    out, log = tmp_path / "speed.json", tmp_path / "demo.log"
+    log.write_text("| method | ...\nreport: x\nwall time: 171.4 s\n")
+    argv = ["--models", "cnn", "--device", "cpu", "--batch-size", "16", "--batches", "2",
+            "--repeats", "1", "--sim-T", "2", "--limit-train", "45", "--limit-test", "5",
+            "--data-dir", str(fmnist), "--data", "real", "--demo-log", str(log),
+            "--out", str(out)]  # fmt: skip
+    _main("speed.py")(argv)
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert saved["data"] == "real"
+    assert [r["id"] for r in rows].count("a") == 3  # qcfs, nq, clipq vs relu
+    assert [r["id"] for r in rows].count("b") == 6  # (if, gn, cif) × (fp32, bf16)
+    assert {r["id"] for r in rows} == {"a", "b", "c", "e", "d"}
+    for r in rows:
+        assert _finite_positive(r["value"]), r
+        assert (r["pass"] is None) == (r["id"] == "d")
+    d = next(r for r in rows if r["id"] == "d")
+    assert d["value"] == 171.4
+    e = next(r for r in rows if r["id"] == "e")
+    assert e["train_images"] == 45 and _finite_positive(e["eager_epoch_s"])
+    assert "| c | cnn |" in saved["table"]
+
+
+def test_speed_synthetic_data(tmp_path):
+    """Without the dataset, c and e run on a random stand-in of the split's size."""
+    out = tmp_path / "speed.json"
+    argv = ["--models", "cnn", "--device", "cpu", "--batch-size", "16", "--repeats", "1",
+            "--limit-train", "32", "--limit-test", "16", "--data", "synthetic", "--only", "c",
+            "--out", str(out)]  # fmt: skip
+    _main("speed.py")(argv)
+    saved = json.loads(out.read_text())
+    assert saved["data"] == "synthetic"
+    (row,) = saved["rows"]
+    assert row["train_images"] == 32 and row["val_images"] == 16
+    assert _finite_positive(row["value"])
+
+
+@pytest.mark.slow  # a subprocess running the whole demo: ~15 s
+def test_speed_runs_demo(fmnist, tmp_path):
+    """d: --run-demo times a real `ann2snn demo` subprocess (tiny settings here)."""
+    out = tmp_path / "speed.json"
+    demo_args = f"--data-dir {fmnist} --epochs 1 --T 2 --limit-train 64 --limit-test 32"
+    _main("speed.py")(["--only", "none", "--run-demo", "--demo-args", demo_args,
+                       "--out", str(out)])  # fmt: skip
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["id"] == "d" and _finite_positive(row["value"])

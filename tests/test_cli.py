@@ -1,0 +1,360 @@
+"""The ``ann2snn`` command line: help, check, train → eval end to end, errors and resume.
+
+End-to-end tests run the console script in a subprocess on a tiny generated Fashion-MNIST
+(300 train / 100 test images in IDX format, `_fmnist`). Tests that need the dataset
+lookup isolated (the Debian folder, the cache, the network) call `ann2snn.cli.main`
+in-process with monkeypatching.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import _fmnist
+import pytest
+import torch
+
+from ann2snn.checkpoint import load_record
+from ann2snn.cli import main
+from ann2snn.train import TrainConfig, train
+
+SCRIPT = Path(sys.executable).with_name("ann2snn")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "ann2snn.cli"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny CNN is faster that way, and much faster on a busy box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", XDG_CACHE_HOME=str(tmp / "xdg-cache"))
+    env.pop("ANN2SNN_DATA", None)
+    return env
+
+
+def cli(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    """Run ``ann2snn ARGS`` in a subprocess; assert its exit code unless check_rc is None."""
+    proc = subprocess.run([*COMMAND, *args], cwd=cwd, env=_env(cwd), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def data_dir(work) -> Path:
+    return _fmnist.write_fashion_mnist(work / "fmnist", n_train=300, n_test=100)
+
+
+def _train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "cnn", "--dataset", "fashion-mnist", "--data-dir", str(data_dir),
+            "--epochs", "1", "--out", str(out), "--batch-size", "16", "--no-progress", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(work, data_dir) -> Path:
+    """One trained QCFS CNN (1 epoch), trained through the console script."""
+    out = work / "run"
+    proc = cli(*_train_args(data_dir, out), cwd=work)
+    assert "done: 1 epochs" in proc.stdout and str(out) in proc.stdout
+    return out
+
+
+def _eval_json(run_dir: Path, data_dir: Path, out: Path, *extra: str, capsys) -> dict:
+    """In-process ``ann2snn eval ... --json``; the parsed report."""
+    capsys.readouterr()
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(out),
+               "--no-progress", "--json", *extra])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return json.loads(captured.out)
+
+
+# ----------------------------------------------------------------------------- help, check
+
+
+def test_help_of_every_command_exits_0(work):
+    commands = {
+        None: ["train", "eval", "check", "demo"],
+        "train": ["--model", "--dataset", "--resume", "--nq-steps"],
+        "eval": ["--neuron", "--T", "--tau", "--sleep", "--json", "--csv"],
+        "check": ["--neuron", "--pool"],
+        "demo": ["--epochs", "--T", "--sleep", "--methods"],
+    }
+    procs = {
+        cmd: subprocess.Popen(
+            [*COMMAND, *([cmd] if cmd else []), "--help"],
+            cwd=work,
+            env=_env(work),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cmd in commands
+    }
+    for cmd, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.startswith("usage: ann2snn" + (f" {cmd}" if cmd else ""))
+        for word in commands[cmd]:
+            assert word in out, (cmd, word)
+
+
+def test_check_vgg16_with_max_pooling_lists_each_maxpool_and_its_fix(work):
+    proc = cli("check", "vgg16", "--pool", "max", cwd=work, check_rc=1)
+    bad = [line for line in proc.stdout.splitlines() if "unsupported" in line and "->" in line]
+    assert len(bad) == 5  # VGG-16 has five pooling layers
+    for line in bad:
+        assert "MaxPool2d" in line
+        assert "pool='avg'" in line and "neuron='cif'" in line
+    assert "5 unsupported op(s)" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_check_cnn_is_supported(work, capsys):
+    proc = cli("check", "cnn", cwd=work)
+    assert proc.stdout.rstrip().endswith("supported")
+    assert "unsupported" not in proc.stdout
+    assert proc.stdout.count(" neuron") == 4  # the small CNN's four activations
+    # --json (in-process): the same verdict, machine-readable.
+    assert main(["check", "cnn", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["traced"] is True
+    assert sum(op["status"] == "neuron" for op in report["ops"]) == 4
+    # Under CIF neurons max pooling converts (lateral-inhibition pooling).
+    assert main(["check", "cnn", "--pool", "max", "--neuron", "cif", "--json"]) == 0
+    ops = json.loads(capsys.readouterr().out)["ops"]
+    assert [op["status"] for op in ops if op["op"] == "MaxPool2d"] == ["spiking-pool"] * 2
+
+
+# ----------------------------------------------------------------------------- train → eval
+
+
+def test_train_writes_a_run_folder(run_dir, data_dir):
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "best.json", "best.safetensors", "last.json", "last.safetensors",
+        "resume.json", "resume.safetensors",
+    }  # fmt: skip
+    record = load_record(run_dir)
+    assert record["model"] == "cnn" and record["epoch"] == 1
+    assert record["model_kwargs"]["in_channels"] == 1
+    assert record["model_kwargs"]["image_size"] == 28
+    assert record["recipe"]["batch_size"] == 16 and record["recipe"]["dataset"] == "fashion-mnist"
+    assert record["recipe"]["data_dir"] == str(data_dir)
+    # The images are class-dependent: one epoch learns them well beyond chance (10 %).
+    assert record["metrics"]["test_acc"] > 30
+
+
+def test_eval_prints_a_table_and_writes_report_and_plot(run_dir, data_dir, work):
+    proc = cli("eval", str(run_dir), "--T", "1,2,4", "--data-dir", str(data_dir),
+               "--no-progress", cwd=work)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "| method | ANN | T=1 | T=2 | T=4 |"
+    assert lines[2].startswith("| qcfs+if |")
+    assert (run_dir / "report.json").is_file()
+    assert (run_dir / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"report: {run_dir / 'report.json'}" in proc.stdout
+
+    report = json.loads((run_dir / "report.json").read_text())
+    (row,) = report["rows"]
+    assert report["steps"] == [1, 2, 4]
+    assert set(row["accuracy_by_wake"]) >= {"1", "2", "4"}
+    assert all(0 <= row["accuracy_by_wake"][t] <= 1 for t in ("1", "2", "4"))
+    assert row["neuron"] == "if" and row["convert"]["neuron"] == "if"
+    assert row["images"] == 100
+    # ANN accuracy: the checkpoint's test accuracy as measured during training.
+    assert 0 <= row["ann_accuracy"] <= 1
+    assert abs(100 * row["ann_accuracy"] - report["record"]["metrics"]["test_acc"]) <= 1.0
+    cells = lines[2].strip("| ").split(" | ")
+    assert cells[1] == f"{100 * row['ann_accuracy']:.2f}"
+    assert cells[2:] == [f"{100 * row['accuracy_by_wake'][t]:.2f}" for t in ("1", "2", "4")]
+    assert report["settings"]["T"] == [1, 2, 4] and report["settings"]["neuron"] == "if"
+    assert report["settings"]["data_dir"] == str(data_dir)
+    env = report["environment"]
+    assert env["torch"] == torch.__version__ and {"python", "platform", "ann2snn"} <= set(env)
+
+
+def test_eval_json_and_csv_outputs(run_dir, data_dir, tmp_path, capsys):
+    report = _eval_json(run_dir, data_dir, tmp_path / "j", "--T", "1,2,4", capsys=capsys)
+    assert report["steps"] == [1, 2, 4]
+    acc = report["rows"][0]["accuracy_by_wake"]
+    assert (
+        json.loads((tmp_path / "j" / "report.json").read_text())["rows"][0]["accuracy_by_wake"]
+        == acc
+    )
+
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(tmp_path / "c"),
+               "--T", "1,2,4", "--no-progress", "--csv"])  # fmt: skip
+    assert rc == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["wake_steps", "total_steps", "accuracy"]
+    assert [r[:2] for r in rows[1:]] == [["1", "1"], ["2", "2"], ["4", "4"]]
+    assert [float(r[2]) for r in rows[1:]] == [acc["1"], acc["2"], acc["4"]]
+
+    with pytest.raises(SystemExit) as exc:  # --json and --csv exclude each other
+        main(["eval", str(run_dir), "--json", "--csv"])
+    assert exc.value.code == 2
+
+
+def test_eval_group_neurons(run_dir, data_dir, tmp_path, capsys):
+    report = _eval_json(run_dir, data_dir, tmp_path, "--T", "1,2,4", "--neuron", "gn",
+                        "--tau", "4", capsys=capsys)  # fmt: skip
+    (row,) = report["rows"]
+    assert row["neuron"] == "gn" and row["convert"]["tau"] == 4 and "tau=4" in row["label"]
+    # τ = L: the GN network at T = 1 is the quantized ANN itself (methods.md §6 item 21).
+    assert row["accuracy_by_wake"]["1"] == row["ann_accuracy"]
+
+
+def test_eval_consistent_if_with_sleep(run_dir, data_dir, tmp_path, capsys):
+    report = _eval_json(run_dir, data_dir, tmp_path, "--T", "1,2,4", "--neuron", "cif",
+                        "--sleep", "8", capsys=capsys)  # fmt: skip
+    (row,) = report["rows"]
+    assert row["neuron"] == "cif" and row["sleep"] == 8
+    assert row["total_steps_by_wake"] == {"1": 9, "2": 10, "4": 12}
+    assert set(row["accuracy_by_wake"]) == {"1", "2", "4"}
+    # T = L wake steps plus enough sleep: each CIF layer settles on the ANN's count, so
+    # the SNN classifies like the ANN (allow one image of float rounding at a tie).
+    assert abs(row["accuracy_by_wake"]["4"] - row["ann_accuracy"]) <= 0.01
+    # The table names the sleep steps next to the method.
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(tmp_path),
+               "--T", "1,2,4", "--neuron", "cif", "--sleep", "8", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert "| qcfs+cif (+8 sleep/4 wake) |" in capsys.readouterr().out
+
+
+def test_eval_csv_counts_sleep_steps_of_a_margin_schedule(run_dir, data_dir, tmp_path, capsys):
+    # One run: wake 2, sleep 3, wake 2, sleep 3 → records after 1, 2(+3), 3, 4(+3) wake steps.
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(tmp_path),
+               "--T", "1,2,3,4", "--neuron", "cif", "--sleep", "3", "--margin", "2",
+               "--no-progress", "--csv"])  # fmt: skip
+    assert rc == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert [(int(r[0]), int(r[1])) for r in rows[1:]] == [(1, 1), (2, 5), (3, 6), (4, 10)]
+    report = json.loads((tmp_path / "report.json").read_text())
+    acc = report["rows"][0]["accuracy_by_wake"]
+    assert [float(r[2]) for r in rows[1:]] == [acc[str(t)] for t in (1, 2, 3, 4)]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_dataset_exits_2_and_lists_where_it_looked(tmp_path, monkeypatch, capsys, run_dir):
+    _fmnist.isolate_data(monkeypatch, tmp_path)
+    env_dir, given = tmp_path / "env-data", tmp_path / "given"
+    env_dir.mkdir(), given.mkdir()
+    monkeypatch.setenv("ANN2SNN_DATA", str(env_dir))
+    out = tmp_path / "never"
+    rc = main(_train_args(given, out))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("ann2snn train: error: Fashion-MNIST not found. Looked in:")
+    for place in (given, given / "fashion-mnist", env_dir, env_dir / "FashionMNIST" / "raw",
+                  tmp_path / "no-debian", tmp_path / "xdg-cache" / "ann2snn"):  # fmt: skip
+        assert f"  - {place}" in err, place
+    assert "torchvision download" in err and "network disabled in tests" in err
+    assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing written
+    # eval of a good checkpoint without its data fails the same way.
+    assert main(["eval", str(run_dir), "--data-dir", str(given), "--no-progress"]) == 2
+    assert "Fashion-MNIST not found" in capsys.readouterr().err
+
+
+def test_corrupted_checkpoint_exits_2_with_a_clear_message(run_dir, data_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "best.safetensors").write_bytes(b"\x00not a safetensors file")
+    proc = cli("eval", str(broken), "--data-dir", str(data_dir), "--no-progress", cwd=tmp_path,
+               check_rc=2)  # fmt: skip
+    assert proc.stderr.startswith("ann2snn eval: error: ")
+    assert (
+        str(broken / "best.safetensors") in proc.stderr and "sha256 does not match" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+    (broken / "best.json").write_text('{"format": "ann2snn-checkpoint", ')  # truncated
+    assert main(["eval", str(broken), "--data-dir", str(data_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "best.json: not valid JSON" in err
+
+    assert main(["eval", str(tmp_path / "nowhere.json"), "--no-progress"]) == 2
+    assert "nowhere.json: file not found" in capsys.readouterr().err
+
+
+def test_training_into_an_existing_run_without_resume_fails_clearly(run_dir, data_dir, capsys):
+    digest = hashlib.sha256((run_dir / "best.safetensors").read_bytes()).hexdigest()
+    rc = main(_train_args(data_dir, run_dir))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("ann2snn train: error: ")
+    assert "already holds a training run" in err and "--resume" in err
+    assert "Traceback" not in err
+    assert hashlib.sha256((run_dir / "best.safetensors").read_bytes()).hexdigest() == digest
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_an_interrupted_run(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="cnn", dataset="fashion-mnist", data_dir=str(data_dir), epochs=2,
+                      batch_size=16, out_dir=str(out), progress=False)  # fmt: skip
+
+    def stop_in_epoch_2(model, epoch, loaders, record):
+        if epoch == 2:  # before epoch 2's checkpoint: the run dies after epoch 1
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train(cfg, hooks={"on_epoch_end": stop_in_epoch_2})
+    first = load_record(out / "last.json")
+    assert first["epoch"] == 1
+
+    args = _train_args(data_dir, out, "--resume")
+    args[args.index("--epochs") + 1] = "2"
+    # A different recipe cannot resume the run.
+    assert main([*args, "--lr", "0.01"]) == 2
+    assert "cannot resume with a different recipe (lr: 0.1 → 0.01)" in capsys.readouterr().err
+
+    assert main(args) == 0
+    assert "done: 2 epochs" in capsys.readouterr().out
+    last = load_record(out / "last.json")
+    assert last["epoch"] == 2
+    history = last["metrics"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    drop = {"time_s"}
+    assert {k: v for k, v in history[0].items() if k not in drop} == {
+        k: v for k, v in first["metrics"]["history"][0].items() if k not in drop
+    }
+    # Resuming a finished run does no more epochs.
+    assert main(args) == 0
+    assert load_record(out / "last.json")["metrics"]["history"] == history
+
+
+def test_train_nq_calibrates_sigma_per_layer(data_dir, tmp_path, capsys):
+    out = tmp_path / "nq"
+    assert main(_train_args(data_dir, out, "--act", "nq", "--nq-steps", "2")) == 0
+    record = load_record(out)
+    sigma = record["extra"]["sigma"]
+    assert set(sigma) == {"features.2", "features.6", "features.10", "classifier.2"}
+    assert all(v > 0 for v in sigma.values())  # T_n = 2 ≠ L = 4: no layer is exact
+    snn_acc = record["extra"]["snn_val_acc"]
+    assert record["metrics"]["history"][0]["select_metric"] == snn_acc
