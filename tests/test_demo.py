@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import _fmnist
@@ -26,30 +28,13 @@ def demo(tmp_path_factory):
         _fmnist.isolate_data(mp, tmp)
         cfg = DemoConfig(out_dir=str(out), data_dir=str(data_dir), epochs=1, T=4, casc_sleep=4,
                          batch_size=16, device="cpu", progress=False)  # fmt: skip
-        capture = _Capture()
-        with capture:
+        stdout = io.StringIO()  # capsys is function-scoped; this fixture is not
+        with contextlib.redirect_stdout(stdout):
             report = run_demo(cfg)
     finally:
         mp.undo()
         torch.set_num_threads(threads)
-    return report, out, capture.text
-
-
-class _Capture:
-    """Collect what the demo prints (capsys is function-scoped; the fixture is not)."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self._buf = io.StringIO()
-        self._cm = contextlib.redirect_stdout(self._buf)
-        self._cm.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._cm.__exit__(*exc)
-        self.text = self._buf.getvalue()
+    return report, out, stdout.getvalue()
 
 
 def _row(report, prefix):

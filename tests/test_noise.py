@@ -280,6 +280,10 @@ def test_converted_nq_network_is_the_plain_qcfs_if_network():
 @pytest.fixture
 def fakes(monkeypatch):
     _tiny.install(monkeypatch)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: one thread is faster (much faster on a busy box)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_nq_training_calibrates_sigma_each_epoch_and_selects_on_snn_accuracy(tmp_path, fakes):
