@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--autoaugment", action="store_true", default=None)
     t.add_argument("--cutout", type=int)
     t.add_argument("--nq-steps", type=int, default=4, help="NQ: T_n for σ calibration (default 4)")
-    t.add_argument("--nq-batches", type=int, help="NQ: calibration batches of the validation split")
+    t.add_argument(
+        "--nq-batches",
+        type=int,
+        help="NQ: calibration batches of the validation split (default 10)",
+    )
     t.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="convert a checkpoint and simulate the SNN over T",
@@ -141,7 +145,8 @@ def _train(args: argparse.Namespace) -> int:
     if cfg.act == "nq":
         from .noise import nq_epoch_hook
 
-        hooks = {"on_epoch_end": nq_epoch_hook(steps=args.nq_steps, max_batches=args.nq_batches)}
+        batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
+        hooks = {"on_epoch_end": nq_epoch_hook(steps=args.nq_steps, **batches)}
     record = train(cfg, hooks=hooks)
     m = record.get("metrics", {})
     print(

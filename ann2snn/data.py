@@ -175,7 +175,9 @@ def _load_fashion_mnist(data_dir: str | os.PathLike | None) -> list[np.ndarray]:
         y = read_idx(_idx_file(folder, labels), 2049).astype(np.int64)  # type: ignore[arg-type]
         if len(x) != len(y) or (len(y) and y.max() > 9):
             raise ValueError(f"{folder}: {images}/{labels} differ in length or labels exceed 9")
-        out += [x[:, None], y]
+        # reshape, not x[:, None]: a [N, 1, H, W] view of [N, H, W] has channel stride 1,
+        # which CPU convolutions take for channels_last (and every op after them slows).
+        out += [np.ascontiguousarray(x).reshape(-1, 1, *x.shape[1:]), y]
     return out
 
 
@@ -392,7 +394,9 @@ class InMemoryLoader(_EpochLoader):
                 x = torch.where(flips[sl].view(-1, 1, 1, 1), x.flip(3), x)
             if self.cutout:
                 x = x * ~_cutout_mask(centres[sl], self.cutout, h, w)[:, None]
-            yield x, self.labels[idx]
+            # Canonical NCHW strides: the crop's gather leaves channels_last-like strides
+            # (for C = 1 even `.contiguous()` keeps them), which CPU convolutions follow.
+            yield x.clone(memory_format=torch.contiguous_format), self.labels[idx]
 
 
 class _PILDataset(torch.utils.data.Dataset):

@@ -118,11 +118,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 _AMP_CHOICES = ("auto", "bf16", "off")
 # "auto": torch.compile on CUDA (fuses the quantized activations' elementwise ops and cuts
 # kernel launches), eager on CPU (compilation would cost more than a short run saves).
-_COMPILE_CHOICES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_COMPILE_CHOICES = (
+    "auto",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
 
 # Recipe fields that may differ between an interrupted run and its resumption: they
 # change where or how verbosely the run executes, not what it computes.
-_RESUMABLE_CHANGES = {"resume", "progress", "device", "num_workers", "data_dir", "out_dir", "compile"}
+_RESUMABLE_CHANGES = {
+    "resume",
+    "progress",
+    "device",
+    "num_workers",
+    "data_dir",
+    "out_dir",
+    "compile",
+}
 
 
 @dataclass
@@ -214,7 +228,9 @@ class TrainConfig:
         if self.amp not in _AMP_CHOICES:
             fail(f"amp must be one of {', '.join(_AMP_CHOICES)} (or a bool), got {self.amp!r}")
         if self.compile not in _COMPILE_CHOICES and not isinstance(self.compile, bool):
-            fail(f"compile must be a bool or one of {', '.join(_COMPILE_CHOICES)}, got {self.compile!r}")
+            fail(
+                f"compile must be a bool or one of {', '.join(_COMPILE_CHOICES)}, got {self.compile!r}"
+            )
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             fail(f"channels_last must be 'auto' or a bool, got {self.channels_last!r}")
         positive_int("limit_train", allow_none=True)
@@ -437,6 +453,9 @@ def _resolve_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | N
     else:
         device = torch.device(config.device)
     cuda = device.type == "cuda"
+    if cuda:
+        # Fixed input shapes every step: let cuDNN time its algorithms once and keep the best.
+        torch.backends.cudnn.benchmark = True
     amp_dtype = torch.bfloat16 if config.amp == "bf16" or (config.amp == "auto" and cuda) else None
     channels_last = cuda if config.channels_last == "auto" else bool(config.channels_last)
     return device, amp_dtype, channels_last

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +46,19 @@ ANN_OF = {"qcfs": "qcfs", "gn": "qcfs", "nq": "nq", "casc": "clipq", "relu": "re
 # Settings that change the numbers: results of an earlier run are only merged if they match.
 RECIPE_KEYS = ("dataset", "epochs", "levels", "casc_levels", "casc_sleep", "T", "batch_size",
                "lr", "seed", "limit_train", "limit_test", "nq_batches", "sleep_grid")  # fmt: skip
+
+
+def git_state() -> dict | None:
+    """Commit and uncommitted library files: the library changes under the benchmark, so
+    each result records which code produced it. Read-only (no index refresh)."""
+    root, env = Path(__file__).resolve().parents[1], os.environ | {"GIT_OPTIONAL_LOCKS": "0"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, env=env, capture_output=True, text=True).stdout  # noqa: E731 # fmt: skip
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ann2snn")
+    except OSError:  # no git on this machine
+        return None
+    return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
 
 
 def _ints(text: str) -> list[int]:
@@ -72,8 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int)
     p.add_argument("--limit-test", type=int, help="also limits the validation split")
     p.add_argument("--runs-dir", default="runs/bench")
-    p.add_argument("--nq-batches", type=int, help="NQ calibration batches (default: all of val)")
+    p.add_argument("--nq-batches", type=int, help="NQ calibration batches (default: the library's)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--compile",
+        default="auto",
+        help="torch.compile in training: auto (on CUDA), off, or a mode",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
@@ -85,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.casc_sleep = int(args.casc_sleep)
     args.out = args.out or f"benchmarks/results/accuracy-{args.dataset}.json"
     args.progress = not args.no_progress
+    args.compile = False if args.compile == "off" else args.compile
     return args
 
 
@@ -98,9 +119,13 @@ def train_ann(args: argparse.Namespace, model_name: str, act: str) -> tuple[Any,
         model=model_name, dataset=args.dataset, data_dir=args.data_dir, act=act, levels=levels,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=args.device, out_dir=str(run_dir), limit_train=args.limit_train,
-        limit_test=args.limit_test, progress=args.progress, resume=True,
+        limit_test=args.limit_test, progress=args.progress, resume=True, compile=args.compile,
     )  # fmt: skip
     hooks = {"on_epoch_end": _nq_hook(args.nq_batches)} if act == "nq" else None
+    if torch.cuda.is_available():
+        # `train` compiles on CUDA; four variants of one class in one process would pass
+        # torch's limit of 8 graphs per function and silently run the later ones eager.
+        torch._dynamo.reset()
     record = train(cfg, hooks=hooks)
     history = record["metrics"]["history"]
     times = [e["time_s"] for e in history]
@@ -124,7 +149,7 @@ def train_ann(args: argparse.Namespace, model_name: str, act: str) -> tuple[Any,
 def _nq_hook(max_batches: int | None):
     """`nq_epoch_hook` plus the calibration time of every epoch (the library's hook keeps
     only the latest); keyed by epoch so a resumed run cannot double-count."""
-    inner = nq_epoch_hook(steps=4, max_batches=max_batches)
+    inner = nq_epoch_hook(steps=4, **({} if max_batches is None else {"max_batches": max_batches}))
 
     def on_epoch_end(model, epoch, loaders, record):
         out = dict(inner(model, epoch, loaders, record))
@@ -136,7 +161,8 @@ def _nq_hook(max_batches: int | None):
 
 
 def sleep_search(model, test, levels: int, grid: list[int], ann_acc: float, progress: bool):
-    """Smallest S in ``grid`` with CIF test accuracy at T = Q equal to the ANN's.
+    """Smallest S in ``grid`` from which on (that S and every larger one in the grid) the
+    CIF SNN's test accuracy at T = Q equals the ANN's: the sleep that makes it loss-free.
 
     One run of Q wake + max(grid) sleep steps: accuracy is recorded after every step, and
     sleep steps that follow cannot change what earlier steps output, so step Q + s of the
@@ -145,9 +171,13 @@ def sleep_search(model, test, levels: int, grid: list[int], ann_acc: float, prog
     res = simulate(convert(model, "cif"), test, levels, sleep=max(grid), progress=progress)
     ann_correct = round(ann_acc * res.images)
     by_sleep = {str(s): res.accuracy[levels + s - 1] for s in grid}
-    loss_free = [s for s in grid if round(by_sleep[str(s)] * res.images) == ann_correct]
+    free = None
+    for s in reversed(grid):  # equal counts of correct images = equal accuracy
+        if round(by_sleep[str(s)] * res.images) != ann_correct:
+            break
+        free = s
     return {"T": levels, "grid": grid, "accuracy_by_sleep": by_sleep, "ann_accuracy": ann_acc,
-            "loss_free_sleep": loss_free[0] if loss_free else None}  # fmt: skip
+            "loss_free_sleep": free}  # fmt: skip
 
 
 def evaluate_model(args, model_name: str, loaders, device, entry: dict, save) -> None:
@@ -242,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "accuracy",
         "command": "python benchmarks/accuracy.py " + shlex.join(argv),
         "settings": settings | {"models": args.models, "methods": args.methods},
-        "environment": environment() | {"device": str(device)},
+        "environment": environment() | {"device": str(device), "git": git_state()},
         "models": {},
     }
     out = Path(args.out)

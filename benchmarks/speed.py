@@ -16,8 +16,9 @@ e. library training epoch (`train_one_epoch` on `create_loaders`' on-device load
    same epoch in a plain eager loop: fp32, `create_model`'s nn.Module, torch.optim.SGD,
    the split pre-loaded on the device as float tensors, no autocast/compile         ≤ 0.33
 
-a and b use random data (speed does not depend on pixel values); c and e the real split,
-or a random stand-in of the same size (--data synthetic). Warm-up calls (allocator growth,
+All ratios use the library's training loader (a and b its first --batches batches): the
+real split, or random images of the same size and memory layout (--data synthetic; speed
+does not depend on pixel values, but it does on layout). Warm-up calls (allocator growth,
 cuDNN plans, torch.compile) are timed apart and never enter a ratio. Rows of an earlier
 run in --out with other (ratio, model) keys are kept, so the table can be built up in
 several invocations (each row records its command). Never imported by the package.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import itertools
 import json
 import math
 import os
@@ -41,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +60,19 @@ SHAPES = {"fashion-mnist": (1, 28, 10, 54000, 6000), "cifar10": (3, 32, 10, 4500
 # --reduced: a CPU smoke run (val:train kept at 1:9, as in the full split, so c keeps its meaning).
 REDUCED = dict(models="cnn", batches=3, repeats=3, sim_T=4, limit_train=900, limit_test=100)
 FULL = dict(models="vgg16,resnet20", batches=40, repeats=5, sim_T=8, limit_train=None, limit_test=None)  # fmt: skip
+
+
+def git_state() -> dict | None:
+    """Commit and uncommitted library files: the library changes under the benchmark, so
+    each result records which code produced it. Read-only (no index refresh)."""
+    root, env = Path(__file__).resolve().parents[1], os.environ | {"GIT_OPTIONAL_LOCKS": "0"}
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, env=env, capture_output=True, text=True).stdout  # noqa: E731 # fmt: skip
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ann2snn")
+    except OSError:  # no git on this machine
+        return None
+    return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -95,30 +111,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-# ----------------------------------------------------------------------------- timing
-
-
 def timed(fn, device: torch.device) -> float:
     """Seconds of one call; the CUDA queue is drained before and after, so asynchronous
     work is charged to the call that launched it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
-def compare(fns: dict, device, repeats: int, warmup: dict | None = None) -> tuple[dict, dict]:
-    """Median seconds of each function and all timings. Each repeat runs all of them back to
-    back in an order rotated per repeat, so drift (clocks, other load) hits each alike."""
-    raw: dict[str, list[float]] = {f"warmup_{k}": [timed(f, device)] for k, f in (warmup or fns).items()}  # fmt: skip
-    names = list(fns)
+def compare(fns: dict, device, repeats: int, warmup: dict | None = None, min_s: float = 0.2):
+    """Median seconds per call of each function, and all timings. Each repeat runs all of
+    them back to back in an order rotated per repeat, so drift (clocks, other load) hits
+    each alike. A sample of a short function times several calls (at least ``min_s`` in
+    all, as timeit does): a single call of a few ms is mostly timer and scheduler noise."""
+    raw: dict[str, list[float]] = {}
+    calls = {}
+    for k in fns:  # twice: the first call may compile; the second shows the real cost
+        raw[f"warmup_{k}"] = [timed((warmup or fns)[k], device) for _ in range(2)]
+        w = raw[f"warmup_{k}"][1]
+        # A separate (shorter) warm-up is given for whole epochs: one call per sample.
+        calls[k] = 1 if warmup else max(1, math.ceil(min_s / max(w, 1e-9)))
     for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            raw.setdefault(name, []).append(timed(fns[name], device))
-    return {k: statistics.median(raw[k]) for k in names}, raw
+        for k in list(fns)[r % len(fns) :] + list(fns)[: r % len(fns)]:
+            f, n = fns[k], calls[k]
+            raw.setdefault(k, []).append(timed(lambda f=f, n=n: [f() for _ in range(n)], device) / n)  # fmt: skip
+    raw |= {f"calls_per_sample_{k}": [n] for k, n in calls.items()}
+    return {k: statistics.median(raw[k]) for k in fns}, raw
 
 
 def build(args, name: str, act: str, device, train: bool = True):
@@ -145,16 +166,19 @@ def build(args, name: str, act: str, device, train: bool = True):
         return T.train_one_epoch(step, batches, opt, device=device, amp_dtype=amp,
                                  channels_last=channels_last)  # fmt: skip
 
-    model.pipeline = {"amp": str(amp), "channels_last": channels_last, "compile": mode or "off"}
+    model.pipeline = {"amp": str(amp).removeprefix("torch.") if amp else "off",
+                      "channels_last": channels_last, "compile": mode or "off"}  # fmt: skip
     return model, epoch
 
 
-def fixed_batches(args, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    channels, side, classes, *_ = SHAPES[args.dataset]
-    g = torch.Generator().manual_seed(args.seed)
-    x = torch.randn((args.batches, args.batch_size, channels, side, side), generator=g)
-    y = torch.randint(0, classes, (args.batches, args.batch_size), generator=g)
-    return list(zip(x.to(device).unbind(0), y.to(device).unbind(0)))
+def fixed_batches(args, loaders) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first --batches full batches of the training loader, held as a list. Taken from
+    the library's loader, not made up, because their memory layout matters: e.g. a
+    1-channel batch whose channel stride is 1 sends CPU convolutions to channels_last."""
+    full = (b for b in loaders.train if len(b[1]) == args.batch_size)
+    if not (batches := list(itertools.islice(full, args.batches))):
+        raise SystemExit(f"a and b need a training split of at least {args.batch_size} images")
+    return batches
 
 
 def warm_batches(batches: list) -> list:
@@ -163,11 +187,8 @@ def warm_batches(batches: list) -> list:
     return batches[:2] + batches[-1:]
 
 
-# ----------------------------------------------------------------------------- the ratios
-
-
-def ratio_a(args, name: str, device, rows: list) -> None:
-    data, fns, pipeline = fixed_batches(args, device), {}, None
+def ratio_a(args, name: str, device, loaders, rows: list) -> None:
+    data, fns, pipeline = fixed_batches(args, loaders), {}, None
     for act in ("relu", "qcfs", "nq", "clipq"):
         model, epoch = build(args, name, act, device)
         fns[act], pipeline = (lambda e=epoch: e(data)), model.pipeline
@@ -178,8 +199,8 @@ def ratio_a(args, name: str, device, rows: list) -> None:
                          seconds={k: v for k, v in raw.items() if k.endswith((act, "relu"))}))  # fmt: skip
 
 
-def ratio_b(args, name: str, device, rows: list) -> None:
-    data, steps = fixed_batches(args, device), args.sim_T
+def ratio_b(args, name: str, device, loaders, rows: list) -> None:
+    data, steps = fixed_batches(args, loaders), args.sim_T
     images = len(data) * args.batch_size
     for act, neurons in (("qcfs", ("if", "gn")), ("clipq", ("cif",))):
         model, _ = build(args, name, act, device, train=False)
@@ -221,6 +242,8 @@ def loaders_for(args, device) -> tuple[Any, str]:
 
     def split(n: int, train: bool) -> InMemoryLoader:
         x = torch.randint(0, 256, (n, channels, side, side), generator=g, dtype=torch.uint8)
+        x = x.numpy()[:, 0, None] if channels == 1 else x.numpy()  # as `create_loaders` does:
+        x = torch.from_numpy(x[np.arange(n)])  # same strides, so the same memory layout
         y = torch.randint(0, classes, (n,), generator=g)
         return InMemoryLoader(x, y, ((0.5,) * channels, (0.25,) * channels), args.batch_size,
                               shuffle=train, pad=pad if train else 0, seed=args.seed, device=device)  # fmt: skip
@@ -316,8 +339,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:  # on a shared machine fewer threads than cores avoids OpenMP thrashing
         torch.set_num_threads(args.threads)
     device, out = args.device, Path(args.out)
+    if device.type == "cuda":
+        # Several variants of one model class are compiled side by side (a: four acts, then
+        # c and e); past torch's default of 8 graphs per function it would silently fall
+        # back to eager for the later ones and skew the ratios.
+        dyn = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+        setattr(dyn, limit, max(64, getattr(dyn, limit)))
     command = "python benchmarks/speed.py " + shlex.join(argv)
-    env = environment() | {"device": str(device), "loadavg": os.getloadavg()}
+    env = environment() | {"device": str(device), "loadavg": os.getloadavg(), "git": git_state()}
     settings = {k: str(v) if k == "device" else v for k, v in vars(args).items()}
     results: dict[str, Any] = {"benchmark": "speed", "command": command, "settings": settings,
                                "environment": env, "rows": []}  # fmt: skip
@@ -335,27 +365,24 @@ def main(argv: list[str] | None = None) -> dict:
         for r in new:  # each row says which command and which machine state produced it
             op, goal = TARGETS.get(r["id"], (None, None))
             ok = None if op is None else r["value"] <= goal if op == "<=" else r["value"] >= goal
-            r.update(target=[op, goal] if op else None, command=command, date=env["date"],
+            r.update(target=[op, goal] if op else None, command=command, date=env["date"], git=env["git"],
                      loadavg=env["loadavg"], **{"pass": ok if math.isfinite(r["value"]) else False})  # fmt: skip
         rows.extend(new)
         results["table"] = format_table(rows)
         write_json(results, out)
 
     loaders = None
+    if set("abce") & set(args.only):
+        loaders, results["data"] = loaders_for(args, device)
     for name in args.models:
         for key, fn in (("a", ratio_a), ("b", ratio_b), ("c", ratio_c), ("e", ratio_e)):
             if key not in args.only:
                 continue
             new: list[dict] = []
-            if key in "ce":
-                if loaders is None:
-                    loaders, results["data"] = loaders_for(args, device)
-                fn(args, name, device, loaders, new)
-                for r in new:
-                    r["data"] = results["data"]
-            else:
-                fn(args, name, device, new)
-            add(new)  # saved after every ratio: a cut-off run still leaves its rows
+            fn(args, name, device, loaders, new)
+            add(
+                [r | {"data": results["data"]} for r in new]
+            )  # saved after every ratio: a cut-off run still leaves its rows
     if (d := demo_row(args)) is not None:
         add([d])
     results["table"] = format_table(rows)

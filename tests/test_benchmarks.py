@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ann2snn import data
 
@@ -50,6 +51,17 @@ def fmnist(tmp_path, monkeypatch) -> Path:
         _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x)
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads wait on each other
+    (every parallel region then costs a scheduler slice), which is what made these tiny
+    runs slow, not their size. Restored afterwards for the other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _main(script: str):

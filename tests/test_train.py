@@ -195,7 +195,12 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
     for key in ("train_loss", "train_acc", "val_acc", "test_acc", "lr"):
         assert isinstance(entry[key], float)
     assert rec["metrics"]["val_acc"] == entry["val_acc"] == entry["select_metric"]
-    assert rec["runtime"] == {"device": "cpu", "amp": "off", "channels_last": False, "compile": "off"}
+    assert rec["runtime"] == {
+        "device": "cpu",
+        "amp": "off",
+        "channels_last": False,
+        "compile": "off",
+    }
 
 
 def test_select_metric_from_hook_picks_best(tmp_path, fakes):
