@@ -31,6 +31,7 @@ from .neurons import (
 from .noise import NoiseCalibration, calibrate_noise
 from .pooling import LIPool
 from .simulate import LayerDiff, Schedule, SimulationResult, compare, run, simulate
+from .train import PRESETS, TrainConfig, train
 
 __version__ = "0.1.0"
 
@@ -75,5 +76,8 @@ __all__ = [
     "register_model",
     "calibrate_noise",
     "NoiseCalibration",
+    "train",
+    "TrainConfig",
+    "PRESETS",
     "__version__",
 ]

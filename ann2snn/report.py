@@ -110,8 +110,10 @@ def format_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         label = r["label"]
-        if r.get("sleep"):
-            label += f" (+{r['sleep']} sleep/{r.get('margin') or r['T']} wake)"
+        if r.get("total_steps_by_wake"):  # one run per T: T wake steps, then the sleep
+            label += f" (T wake + {r['sleep']} sleep)"
+        elif r.get("sleep"):
+            label += f" (+{r['sleep']} sleep per {r.get('margin') or r['T']} wake)"
         cells = [label, _pct(r.get("ann_accuracy"))]
         acc = r["accuracy_by_wake"]
         cells += [_pct(acc.get(str(t))) for t in steps]

@@ -27,6 +27,7 @@ several invocations (each row records its command). Never imported by the packag
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import itertools
 import json
@@ -48,10 +49,12 @@ import torch
 import torch.nn.functional as F
 
 from ann2snn import calibrate_noise, convert, create_model, simulate
-from ann2snn import train as T
 from ann2snn.data import DatasetNotFoundError, InMemoryLoader, create_loaders
 from ann2snn.noise import nq_epoch_hook
 from ann2snn.report import environment, write_json
+
+# The module, not the `ann2snn.train` function the package exports under the same name.
+T = importlib.import_module("ann2snn.train")
 
 TARGETS = {"a": ("<=", 1.15), "b": (">=", 0.95), "c": ("<=", 0.15), "e": ("<=", 0.33)}
 # name -> (channels, side, classes, train images after the 10% val split, val images)
