@@ -21,6 +21,7 @@ __all__ = [
     "ann_accuracy",
     "evaluate_snn",
     "environment",
+    "source_revision",
     "format_table",
     "plot_accuracy",
     "write_json",
@@ -97,7 +98,29 @@ def environment() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+    env["git"] = source_revision()
     return env
+
+
+def source_revision() -> dict[str, Any] | None:
+    """Commit of the ann2snn source tree and its uncommitted library files, or None when
+    the package is not a git checkout: results record which code produced them."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"GIT_OPTIONAL_LOCKS": "0"}  # read-only: no index refresh
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, env=env, capture_output=True, text=True, timeout=10
+        ).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ann2snn")
+    except (OSError, subprocess.SubprocessError):  # no git on this machine
+        return None
+    return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
 
 
 def format_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:

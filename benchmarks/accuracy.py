@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,19 +44,6 @@ ANN_OF = {"qcfs": "qcfs", "gn": "qcfs", "nq": "nq", "casc": "clipq", "relu": "re
 # Settings that change the numbers: results of an earlier run are only merged if they match.
 RECIPE_KEYS = ("dataset", "epochs", "levels", "casc_levels", "casc_sleep", "T", "batch_size",
                "lr", "seed", "limit_train", "limit_test", "nq_batches", "sleep_grid")  # fmt: skip
-
-
-def git_state() -> dict | None:
-    """Commit and uncommitted library files: the library changes under the benchmark, so
-    each result records which code produced it. Read-only (no index refresh)."""
-    root, env = Path(__file__).resolve().parents[1], os.environ | {"GIT_OPTIONAL_LOCKS": "0"}
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, env=env, capture_output=True, text=True).stdout  # noqa: E731 # fmt: skip
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ann2snn")
-    except OSError:  # no git on this machine
-        return None
-    return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
 
 
 def _ints(text: str) -> list[int]:
@@ -272,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "accuracy",
         "command": "python benchmarks/accuracy.py " + shlex.join(argv),
         "settings": settings | {"models": args.models, "methods": args.methods},
-        "environment": environment() | {"device": str(device), "git": git_state()},
+        "environment": environment() | {"device": str(device)},
         "models": {},
     }
     out = Path(args.out)

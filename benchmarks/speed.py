@@ -65,19 +65,6 @@ REDUCED = dict(models="cnn", batches=3, repeats=3, sim_T=4, limit_train=900, lim
 FULL = dict(models="vgg16,resnet20", batches=40, repeats=5, sim_T=8, limit_train=None, limit_test=None)  # fmt: skip
 
 
-def git_state() -> dict | None:
-    """Commit and uncommitted library files: the library changes under the benchmark, so
-    each result records which code produced it. Read-only (no index refresh)."""
-    root, env = Path(__file__).resolve().parents[1], os.environ | {"GIT_OPTIONAL_LOCKS": "0"}
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, env=env, capture_output=True, text=True).stdout  # noqa: E731 # fmt: skip
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ann2snn")
-    except OSError:  # no git on this machine
-        return None
-    return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto")
@@ -350,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
         setattr(dyn, limit, max(64, getattr(dyn, limit)))
     command = "python benchmarks/speed.py " + shlex.join(argv)
-    env = environment() | {"device": str(device), "loadavg": os.getloadavg(), "git": git_state()}
+    env = environment() | {"device": str(device), "loadavg": os.getloadavg()}
     settings = {k: str(v) if k == "device" else v for k, v in vars(args).items()}
     results: dict[str, Any] = {"benchmark": "speed", "command": command, "settings": settings,
                                "environment": env, "rows": []}  # fmt: skip

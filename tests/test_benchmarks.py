@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from ann2snn import data
+from _fmnist import isolate_data
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -35,14 +34,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 def fmnist(tmp_path, monkeypatch) -> Path:
     """A 240/100-image Fashion-MNIST look-alike; class-dependent brightness so it is
     learnable. Nothing else (user data, Debian package, download) is visible."""
-    monkeypatch.delenv("ANN2SNN_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
-
-    def no_download(root):
-        raise RuntimeError("network disabled in tests")
-
-    monkeypatch.setattr(data, "_download_fashion_mnist", no_download)
+    isolate_data(monkeypatch, tmp_path)
     rng, folder = np.random.default_rng(0), tmp_path / "fmnist"
     folder.mkdir()
     for prefix, n in (("train", 240), ("t10k", 100)):

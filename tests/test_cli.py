@@ -237,7 +237,7 @@ def test_eval_consistent_if_with_sleep(run_dir, data_dir, tmp_path, capsys):
     rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(tmp_path),
                "--T", "1,2,4", "--neuron", "cif", "--sleep", "8", "--no-progress"])  # fmt: skip
     assert rc == 0
-    assert "| qcfs+cif (+8 sleep/4 wake) |" in capsys.readouterr().out
+    assert "| qcfs+cif (T wake + 8 sleep) |" in capsys.readouterr().out
 
 
 def test_eval_csv_counts_sleep_steps_of_a_margin_schedule(run_dir, data_dir, tmp_path, capsys):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _fmnist import isolate_data
 
 from ann2snn import data
 from ann2snn.data import DatasetNotFoundError, create_loaders, find_fashion_mnist, read_idx
@@ -21,14 +22,7 @@ FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No test may see the user's data, the Debian package or the network."""
-    monkeypatch.delenv("ANN2SNN_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
-
-    def no_download(root):
-        raise RuntimeError("network disabled in tests")
-
-    monkeypatch.setattr(data, "_download_fashion_mnist", no_download)
+    isolate_data(monkeypatch, tmp_path)
 
 
 # --- writers for the real formats -----------------------------------------------------------

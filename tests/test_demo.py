@@ -58,7 +58,7 @@ def test_demo_has_a_row_per_method_and_prints_the_table(demo):
     assert len(table) == 2 + len(LABELS)
     for line, label in zip(table[2:], LABELS):
         assert line.startswith(f"| {label}")
-    assert "(+4 sleep/4 wake)" in table[-1]  # CASC's latency is quoted with its sleep steps
+    assert "(T wake + 4 sleep)" in table[-1]  # CASC's latency is quoted with its sleep steps
     assert report["table"] in stdout
     for row in report["rows"]:
         assert 0 <= row["ann_accuracy"] <= 1
