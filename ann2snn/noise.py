@@ -18,10 +18,11 @@ set; we never do).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import Tensor, nn
@@ -141,13 +142,24 @@ def calibrate_noise(
 DEFAULT_CALIBRATION_BATCHES = 10
 
 
-def nq_epoch_hook(steps: int = 4, max_batches: int | None = DEFAULT_CALIBRATION_BATCHES) -> Any:
+def nq_epoch_hook(
+    steps: int = 4,
+    max_batches: int | None = DEFAULT_CALIBRATION_BATCHES,
+    log: TextIO | None = sys.stderr,
+) -> Any:
     """A `train` hook: after each epoch, re-estimate σ on (the first ``max_batches``
-    batches of; None = all of) the validation split, and select the checkpoint by the
-    SNN's validation accuracy at ``steps``."""
+    batches of; None = all of) the validation split, print σ per layer to ``log``, and
+    select the checkpoint by the SNN's validation accuracy at ``steps``."""
 
     def on_epoch_end(model: nn.Module, epoch: int, loaders: Any, record: dict) -> dict:
         cal = calibrate_noise(model, loaders.val, steps=steps, max_batches=max_batches)
+        if log is not None:
+            sigmas = ", ".join(f"{name} {value:.3f}" for name, value in cal.sigma.items())
+            print(
+                f"  NQ σ after epoch {epoch} (T_n={steps}, {cal.images} images, "
+                f"{cal.seconds:.2f}s; SNN val {100 * cal.snn_accuracy:.2f}%): {sigmas}",
+                file=log,
+            )
         return {
             "sigma": cal.sigma,
             "snn_val_acc": cal.snn_accuracy,
