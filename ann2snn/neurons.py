@@ -77,10 +77,10 @@ class SpikingNeuron(nn.Module):
         # Inside a network the ANN activation this neuron replaced; used for the ANN pass.
         self.ann_activation: nn.Module | None = None
         self._ann_mode = False
-        # Optional recording of emitted values (mean over steps), for diagnostics.
+        # Optional recording: the sum of emitted values since the last reset (diagnostics,
+        # noise calibration divide it by the wake steps).
         self.record = False
         self.recorded: Tensor | None = None
-        self._recorded_steps = 0
         self.v: Tensor | None = None
 
     # --- construction -----------------------------------------------------------------
@@ -151,7 +151,6 @@ class SpikingNeuron(nn.Module):
         self.reset_by(emitted)
         if self.record:
             self.recorded = emitted.clone() if self.recorded is None else self.recorded + emitted
-            self._recorded_steps += 1
         if out is None:
             return emitted.to(x.dtype)
         if not fp32_out:
@@ -179,13 +178,6 @@ class SpikingNeuron(nn.Module):
         """Forget the state; the next step starts from v(0)."""
         self.v = None
         self.recorded = None
-        self._recorded_steps = 0
-
-    def recorded_mean(self) -> Tensor | None:
-        """Mean emitted value per step since the last reset (``record=True`` only)."""
-        if self.recorded is None:
-            return None
-        return self.recorded / self._recorded_steps
 
     def extra_repr(self) -> str:
         return f"threshold={float(self.threshold):.4g}, v_init={self.v_init}, step_mode={self.step_mode!r}"
