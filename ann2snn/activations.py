@@ -62,15 +62,19 @@ class _QCFSFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         z, lam, out = ctx.saved_tensors
         lam_z = lam.to(z.dtype)
-        u = z / lam_z
-        inside = (u >= 0) & (u <= 1)
-        grad_z = grad * inside if ctx.needs_input_grad[0] else None
+        # c = clip(z, 0, λ): z is inside [0, λ] iff c == z, above iff c < z. Masks are
+        # written as floats (a bool→float cast costs a pass of its own on CPU).
+        c = torch.clamp(z, min=torch.zeros_like(lam_z), max=lam_z)
+        inside = torch.eq(c, z, out=torch.empty_like(z))
+        grad_z = grad * inside
         grad_lam = None
         if ctx.needs_input_grad[1]:
-            # dh/dλ: h/λ − z/λ inside, 1 above, 0 below; summed in fp32 (λ is a scalar).
-            dlam = torch.where(inside, (out - z) / lam_z, (u > 1).to(z.dtype))
-            grad_lam = (grad.float() * dlam.float()).sum().to(lam.dtype)
-        return grad_z, grad_lam, None, None
+            # dh/dλ = (h − z)/λ inside, 1 above, 0 below; grad_z is 0 outside, so
+            # Σ grad·dh/dλ = Σ grad_z·(h − z)/λ + Σ grad·[z > λ], summed in fp32.
+            above = torch.lt(c, z, out=inside)  # reuses the mask's buffer
+            grad_lam = (grad_z * (out - z)).float().sum() / lam.float()
+            grad_lam = (grad_lam + (grad * above).float().sum()).to(lam.dtype)
+        return (grad_z if ctx.needs_input_grad[0] else None), grad_lam, None, None
 
 
 class QCFS(nn.Module):
