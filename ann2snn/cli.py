@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir")
     d.add_argument("--epochs", type=int, default=3)
     d.add_argument("--T", type=int, default=16, help="largest T (default 16)")
-    d.add_argument("--sleep", type=int, default=16, help="CASC sleep steps (default 16)")
+    d.add_argument("--sleep", type=int, default=8, help="CASC sleep steps (default 8)")
     d.add_argument("--methods", default="qcfs,gn,nq,casc")
     d.add_argument("--device", default="auto")
     d.add_argument("--limit-train", type=int)

@@ -32,7 +32,7 @@ class DemoConfig:
     levels: int = 4
     casc_levels: int = 8
     T: int = 16
-    casc_sleep: int = 16
+    casc_sleep: int = 8  # the demo CNN is loss-free at T = Q from S = 4 (docs/benchmarks.md)
     batch_size: int = 128
     lr: float = 0.05
     seed: int = 42
