@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .network import SpikingNetwork
+from .network import SpikingNetwork, device_of
 from .neurons import SpikingNeuron, neuron_class
 from .pooling import LIPool
 from .support import (
@@ -184,7 +184,7 @@ def convert(
     neuron_cls = neuron_class(neuron)
     report = check(model, neuron)
     _raise_unsupported(report)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     source = copy.deepcopy(model).eval()
     gm, reason = _trace(source)
     if fold_batchnorm is None:
@@ -233,8 +233,6 @@ def _make_neuron(
         n.ann_activation = copy.deepcopy(info)
         return n, False
     opts.setdefault("v_init", 0.0)
-    if neuron_cls.__name__ == "GroupNeuron":
-        opts.setdefault("tau", 4)
     n = neuron_cls.from_threshold(info if info is not None else 1.0, **opts)
     n.ann_activation = nn.ReLU() if info is None else nn.Hardtanh(0.0, float(info))
     return n, info is None

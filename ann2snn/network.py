@@ -20,7 +20,16 @@ from torch import Tensor, nn
 
 from .neurons import SpikingNeuron, reset
 
-__all__ = ["SpikingNetwork", "biases_off"]
+__all__ = ["SpikingNetwork", "biases_off", "device_of"]
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for an empty module)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def _stateful(net: nn.Module) -> list[nn.Module]:

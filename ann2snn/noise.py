@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .activations import NoisyQCFS
 from .convert import convert
+from .network import device_of
 
 __all__ = ["NoiseCalibration", "calibrate_noise", "noisy_layers", "set_noise"]
 
@@ -86,7 +87,7 @@ def calibrate_noise(
         model.train(was_training)
     if device is not None:
         snn = snn.to(device)
-    dev = next(snn.parameters()).device
+    dev = device_of(snn)
     layers = list(snn.spiking_layers())
     acts: dict[str, Tensor] = {}
 

@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=5e-4,
         autoaugment=True,
         cutout=16,
-    ),  # fmt: skip
+    ),
     # NQ (Huang et al., 2024): QCFS + training noise; code defaults lr 0.05, wd 5e-4,
     # 400 epochs, L = 4. Its σ calibration is an `on_epoch_end` hook; the reference code
     # selected by *test* SNN accuracy, we select on the validation split.
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=5e-4,
         autoaugment=True,
         cutout=16,
-    ),  # fmt: skip
+    ),
     # CASC (Li et al., 2024): clip-floor activation with Q = 8, wd 1e-4, label smoothing
     # 0.1, 5 warm-up epochs from 1e-6, then cosine to 0; 300 epochs.
     "casc": dict(
@@ -58,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         warmup_epochs=5,
         autoaugment=True,
         cutout=16,
-    ),  # fmt: skip
+    ),
     # GN (Lv et al., ICASSP 2024): a plain QCFS ANN with L = 8 and λ initialised to L
     # (8.0; pass act_kwargs={"init_threshold": L} too when overriding levels); lr 0.1,
     # wd 5e-4, cosine, 300 epochs.
@@ -72,7 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         act_kwargs={"init_threshold": 8.0},
         autoaugment=True,
         cutout=16,
-    ),  # fmt: skip
+    ),
 }
 
 _AMP_CHOICES = ("auto", "bf16", "off")

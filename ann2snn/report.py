@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .convert import convert
+from .network import device_of
 from .simulate import simulate
 
 __all__ = [
@@ -34,7 +35,7 @@ def ann_accuracy(
     model: nn.Module, data: Iterable, device: str | torch.device | None = None
 ) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on ``data``, a loader of (x, y)."""
-    device = torch.device(device) if device else next(model.parameters()).device
+    device = torch.device(device) if device else device_of(model)
     was_training = model.training
     model = model.to(device).eval()
     correct = total = 0

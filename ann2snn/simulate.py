@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .network import SpikingNetwork
+from .network import SpikingNetwork, device_of
 
 __all__ = ["Schedule", "Phase", "SimulationResult", "LayerDiff", "simulate", "run", "compare"]
 
@@ -113,12 +113,6 @@ def _batches(data: Any) -> Iterator[tuple[Tensor, Tensor]]:
     yield from data
 
 
-def _device_of(net: nn.Module) -> torch.device:
-    for t in list(net.parameters()) + list(net.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _chunk_steps(batch: int, max_fold: int) -> int:
     # Stateless layers process [steps·B, ...] at once; cap the fold to bound memory.
     return max(1, max_fold // max(batch, 1))
@@ -163,7 +157,7 @@ def run(
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
     snn.reset()
-    x = x.to(_device_of(snn))
+    x = x.to(device_of(snn))
     total = None
     for out in _run_schedule(snn, x, schedule, max_fold):
         s = out.float().sum(0)
@@ -198,7 +192,7 @@ def simulate(
     """
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
-    device = torch.device(device) if device is not None else _device_of(snn)
+    device = torch.device(device) if device is not None else device_of(snn)
     snn = snn.to(device).eval()
     if max_fold is None:
         max_fold = 16384 if device.type == "cuda" else 2048
@@ -277,7 +271,7 @@ def compare(
     mode (identical to ``ann(x)``; checked on the output).
     """
     _check_snn(snn)
-    device = _device_of(snn)
+    device = device_of(snn)
     x = x.to(device)
     layers = list(snn.spiking_layers())
     ann_acts: dict[str, Tensor] = {}

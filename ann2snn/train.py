@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ._progress import ProgressBar
 from .checkpoint import RESUME_TAG, _plain, load_resume_state, save_checkpoint, save_resume_state
+from .network import device_of
 from .recipes import _RESUMABLE_CHANGES, PRESETS, TrainConfig
 
 __all__ = [
@@ -101,11 +102,6 @@ def lr_at(epoch: int, config: TrainConfig) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / (config.epochs - w)))
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
     x = x.to(device, non_blocking=True)
     if channels_last and x.dim() == 4:
@@ -129,7 +125,7 @@ def train_one_epoch(
     ``amp_dtype`` (e.g. torch.bfloat16) turns on autocast; the loss is computed in fp32.
     Raises FloatingPointError if the loss became NaN/inf (learning rate too high).
     """
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     model.train()
     # Running sums stay on the device: no GPU→CPU sync per step.
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -178,7 +174,7 @@ def evaluate(
 ) -> Scores:
     """Top-1 accuracy (%) and mean cross-entropy of ``model`` in eval mode over ``loader``
     (NaN for an empty loader). The model's train/eval mode is restored afterwards."""
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
