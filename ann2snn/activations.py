@@ -41,6 +41,39 @@ def floor_ste(x: Tensor) -> Tensor:
     return x + (torch.floor(x) - x).detach()
 
 
+def _fast_cpu_path(z: Tensor) -> bool:
+    """Eager fp32/fp64 on the CPU: there λ can be read as a Python number (no device sync,
+    no graph break) and each pass over a tensor is paid in full, so the backward uses a
+    few fused ATen kernels. Everywhere else (CUDA, torch.compile) the elementwise form is
+    used, which the compiler fuses into one kernel."""
+    return (
+        z.device.type == "cpu"
+        and z.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _band(grad: Tensor, z: Tensor, above: float) -> Tensor:
+    """``grad`` where 0 ≤ z < ``above``, else 0, in one pass. With ``above`` the next
+    representable number after h (in z's dtype) that is the closed band [0, h].
+
+    ``hardtanh_backward`` keeps grad on the open interval (min, max); its lower bound is
+    −(smallest normal) rather than the nearest denormal, so z = 0 stays inside even when
+    denormals are flushed to zero.
+    """
+    return torch.ops.aten.hardtanh_backward(grad, z, -torch.finfo(z.dtype).tiny, above)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ a·b in one pass (a BLAS dot) when a and b share one dense layout, else a·b summed."""
+    dense = a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last))  # fmt: skip
+    if dense and a.stride() == b.stride():
+        # Same strides over dense storage: element k of both 1-D views is the same index.
+        flat = (a.numel(),)
+        return torch.dot(a.as_strided(flat, (1,)), b.as_strided(flat, (1,)))
+    return (a * b).sum()
+
+
 class _QCFSFunction(torch.autograd.Function):
     """h(z) = λ/L·floor(clip(z·L/λ, 0, L) + shift) in one function: five passes over z
     in the forward (instead of about ten through autograd) and an explicit STE backward.
@@ -61,20 +94,45 @@ class _QCFSFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         z, lam, out = ctx.saved_tensors
-        lam_z = lam.to(z.dtype)
-        # c = clip(z, 0, λ): z is inside [0, λ] iff c == z, above iff c < z. Masks are
-        # written as floats (a bool→float cast costs a pass of its own on CPU).
-        c = torch.clamp(z, min=torch.zeros_like(lam_z), max=lam_z)
-        inside = torch.eq(c, z, out=torch.empty_like(z))
-        grad_z = grad * inside
-        grad_lam = None
-        if ctx.needs_input_grad[1]:
-            # dh/dλ = (h − z)/λ inside, 1 above, 0 below; grad_z is 0 outside, so
-            # Σ grad·dh/dλ = Σ grad_z·(h − z)/λ + Σ grad·[z > λ], summed in fp32.
-            above = torch.lt(c, z, out=inside)  # reuses the mask's buffer
-            grad_lam = (grad_z * (out - z)).float().sum() / lam.float()
-            grad_lam = (grad_lam + (grad * above).float().sum()).to(lam.dtype)
+        want_lam = ctx.needs_input_grad[1]
+        if _fast_cpu_path(z) and grad.dtype == z.dtype:
+            grad_z, grad_lam = _qcfs_backward_cpu(grad, z, lam, out, want_lam)
+        else:
+            grad_z, grad_lam = _qcfs_backward(grad, z, lam, out, want_lam)
         return (grad_z if ctx.needs_input_grad[0] else None), grad_lam, None, None
+
+
+def _qcfs_backward(grad: Tensor, z: Tensor, lam: Tensor, out: Tensor, want_lam: bool):
+    """QCFS gradients as elementwise tensor ops (fused by torch.compile; any device/dtype)."""
+    lam_z = lam.to(z.dtype)
+    # c = clip(z, 0, λ): z is inside [0, λ] iff c == z, above iff c < z. Masks are
+    # written as floats (a bool→float cast costs a pass of its own on CPU).
+    c = torch.clamp(z, min=torch.zeros_like(lam_z), max=lam_z)
+    inside = torch.eq(c, z, out=torch.empty_like(z))
+    grad_z = grad * inside
+    grad_lam = None
+    if want_lam:
+        # dh/dλ = (h − z)/λ inside, 1 above, 0 below; grad_z is 0 outside, so
+        # Σ grad·dh/dλ = Σ grad_z·(h − z)/λ + Σ grad·[z > λ], summed in fp32.
+        above = torch.lt(c, z, out=inside)  # reuses the mask's buffer
+        grad_lam = (grad_z * (out - z)).float().sum() / lam.float()
+        grad_lam = (grad_lam + (grad * above).float().sum()).to(lam.dtype)
+    return grad_z, grad_lam
+
+
+def _qcfs_backward_cpu(grad: Tensor, z: Tensor, lam: Tensor, out: Tensor, want_lam: bool):
+    """The same gradients in three passes (eager CPU, fp32/fp64): one band kernel for
+    dh/dz and two dot products for dh/dλ, instead of about nine elementwise passes.
+
+    Σ grad·dh/dλ = (Σ grad·h − Σ grad_z·z)/λ: inside the band that is grad·(h − z)/λ;
+    above it h = λ and grad_z = 0, giving grad·1; below it h = 0 and grad_z = 0.
+    """
+    lam_z = lam.detach().to(z.dtype)
+    grad_z = _band(grad, z, float(torch.nextafter(lam_z, lam_z.new_tensor(math.inf))))
+    grad_lam = None
+    if want_lam:
+        grad_lam = ((_dot(grad, out) - _dot(grad_z, z)) / lam_z).to(lam.dtype)
+    return grad_z, grad_lam
 
 
 class QCFS(nn.Module):
@@ -157,15 +215,24 @@ class NoisyQCFS(QCFS):
 
     def forward(self, z: Tensor) -> Tensor:
         q = self.quantize(z)
-        if self.training:
-            # Always drawn in training: testing σ > 0 would cost a GPU→CPU sync per layer
-            # per step (and a graph break under torch.compile); with σ = 0 the result is
-            # q − 0·ε = q exactly.
-            # Contiguous noise: randn into a channels_last-strided tensor is ~6× slower on CPU.
-            q = q - self.sigma.to(q.dtype) * torch.randn_like(
-                q, memory_format=torch.contiguous_format
+        if not self.training:
+            return q
+        # Contiguous noise: randn into a channels_last-strided tensor is ~6× slower on CPU.
+        if _fast_cpu_path(q):
+            # On the CPU σ is read for free: no draw at all where σ = 0 (every layer in the
+            # first epoch), and σ·ε drawn in one pass by normal_(0, σ).
+            sigma = float(self.sigma)
+            if sigma == 0.0:
+                return q
+            return q - torch.empty_like(q, memory_format=torch.contiguous_format).normal_(
+                0.0, sigma
             )
-        return q
+        # Elsewhere always drawn: testing σ > 0 would cost a GPU→CPU sync per layer per
+        # step (and a graph break under torch.compile); with σ = 0 the result is
+        # q − 0·ε = q exactly.
+        return q - self.sigma.to(q.dtype) * torch.randn_like(
+            q, memory_format=torch.contiguous_format
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", sigma={float(self.sigma):.4g}"
@@ -178,13 +245,15 @@ class _ClipFloorSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, levels: int) -> Tensor:
         ctx.save_for_backward(z)
-        return torch.floor(torch.clamp(z, 0.0, 1.0) * levels) / levels
+        # One allocation, then in place: the same values as floor(clip(z)·Q)/Q.
+        return torch.clamp(z, 0.0, 1.0).mul_(levels).floor_().div_(levels)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (z,) = ctx.saved_tensors
-        pass_band = (z >= 0) & (z <= 1)
-        return grad.clamp(-1.0, 1.0) * pass_band.to(grad.dtype), None
+        # Two passes: clip the gradient, then keep it on [0, 1] (1 + eps is the next
+        # number after 1 in z's dtype).
+        return _band(grad.clamp(-1.0, 1.0), z, 1.0 + torch.finfo(z.dtype).eps), None
 
 
 class ClipQuant(nn.Module):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .activations import NoisyQCFS
 from .convert import convert
 from .network import device_of
+from .simulate import Schedule, _run_schedule, default_max_fold
 
 __all__ = ["NoiseCalibration", "calibrate_noise", "noisy_layers", "set_noise"]
 
@@ -110,11 +111,13 @@ def calibrate_noise(
         finally:
             for h in handles:
                 h.remove()
-        # SNN pass: T_n steps folded into the batch; each neuron sums what it emits.
+        # SNN pass over T_n steps (folded into the batch as far as `default_max_fold`
+        # allows); each neuron sums what it emits.
         snn.reset()
         for _, n in layers:
             n.record = True
-        out = snn(x.unsqueeze(0).expand(steps, *x.shape)).float().sum(0)  # [B, classes]
+        chunks = _run_schedule(snn, x, Schedule(steps), default_max_fold(dev))
+        out = sum(o.float().sum(0) for o in chunks)  # [B, classes]
         for name, n in layers:
             gap = acts[name] - n.recorded.float() / steps
             var_sum[name] += float(gap.var()) if gap.numel() > 1 else 0.0

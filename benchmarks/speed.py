@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ann2snn import calibrate_noise, convert, create_model, simulate
+from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
 from ann2snn.data import DatasetNotFoundError, InMemoryLoader, create_loaders
 from ann2snn.noise import nq_epoch_hook
 from ann2snn.report import environment, write_json
@@ -56,6 +56,7 @@ from ann2snn.report import environment, write_json
 # The module, not the `ann2snn.train` function the package exports under the same name.
 T = importlib.import_module("ann2snn.train")
 
+NQ_SIGMA = 0.25  # a: every NQ layer trains with this noise σ (typical calibrated values 0.1–0.5)
 TARGETS = {"a": ("<=", 1.15), "b": (">=", 0.95), "c": ("<=", 0.15), "e": ("<=", 0.33)}
 # name -> (channels, side, classes, train images after the 10% val split, val images)
 SHAPES = {"fashion-mnist": (1, 28, 10, 54000, 6000), "cifar10": (3, 32, 10, 45000, 5000),
@@ -140,6 +141,12 @@ def build(args, name: str, act: str, device, train: bool = True):
     levels = args.casc_levels if act == "clipq" else args.levels
     model = create_model(name, num_classes=classes, in_channels=channels, act=act,
                          levels=levels, image_size=side).to(device)  # fmt: skip
+    if act == "nq":
+        # σ as after calibration (a fresh model has σ = 0, where the CPU path draws no
+        # noise at all): the ratio must include the per-element Gaussian draw.
+        for m in model.modules():
+            if isinstance(m, NoisyQCFS):
+                m.sigma.fill_(NQ_SIGMA)
     if not train:
         return model.eval(), None
     # The library's own resolution of amp="auto", channels_last="auto", compile="auto".

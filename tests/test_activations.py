@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import ann2snn.activations as A
 from ann2snn import QCFS, create_activation, list_activations
 from ann2snn.activations import floor_ste
 
@@ -152,6 +153,48 @@ def test_ste_gradient_batched_against_closed_form():
     assert float(act.log_threshold.grad) == pytest.approx(
         lam * float((w * dh_dlam).sum()), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "expanded_grad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_backward_equals_elementwise_backward(layout, dtype):
+    """The eager-CPU backward (band kernel + two dot products) gives the gradients of the
+    elementwise backward that CUDA and torch.compile use: dh/dz exactly (band edges 0
+    and λ included), dh/dλ to rounding."""
+    gen = torch.Generator().manual_seed(1)
+    lam = torch.tensor(1.5)
+    z = (torch.rand(8, 6, 5, 5, generator=gen) * 3 - 1).to(dtype)
+    z.view(-1)[:4] = torch.tensor([0.0, 1.5, -0.0, 1.5 + 1e-6])  # edges and just above
+    grad = torch.randn(z.shape, generator=gen).to(dtype)
+    if layout == "channels_last":
+        z = z.contiguous(memory_format=torch.channels_last)
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    elif layout == "expanded_grad":  # what `h.sum().backward()` passes in
+        grad = torch.ones((), dtype=dtype).expand(z.shape)
+    out = A._QCFSFunction.forward(_Ctx(), z, lam, 4, 0.5)
+    assert A._fast_cpu_path(z)
+    gz_fast, gl_fast = A._qcfs_backward_cpu(grad, z, lam, out, True)
+    gz_ref, gl_ref = A._qcfs_backward(grad, z, lam, out, True)
+    assert torch.equal(gz_fast, gz_ref)
+    assert gz_fast[0, 0, 0, :2].tolist() == grad[0, 0, 0, :2].tolist()  # z = 0 and z = λ pass
+    assert gz_fast[0, 0, 0, 3].item() == 0.0  # just above λ: blocked
+    assert float(gl_fast) == pytest.approx(float(gl_ref), rel=1e-5, abs=1e-5)
+
+
+def test_clipquant_band_includes_both_edges_in_every_float_dtype():
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        eps = torch.finfo(dtype).eps
+        z = torch.tensor([-eps, -0.0, 0.0, 0.5, 1.0, 1.0 + eps], dtype=dtype)
+        grad = torch.full_like(z, 0.5)
+        out = A._band(grad, z, 1.0 + eps)
+        assert out.tolist() == [0.0, 0.5, 0.5, 0.5, 0.5, 0.0], dtype
+
+
+class _Ctx:
+    """Stand-in for autograd's ctx when calling a Function's forward directly."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
 
 
 # --------------------------------------------------------------------------- λ > 0
