@@ -124,9 +124,6 @@ class SpikingNeuron(nn.Module):
         """
         raise NotImplementedError
 
-    def count_spikes(self, count: Tensor) -> None:
-        """Hook for neurons that keep a spike count (consistent IF)."""
-
     def reset_by(self, emitted: Tensor) -> None:
         """Reset by subtraction of ``emitted = count·quantum`` (fp32)."""
         self.v.sub_(emitted)
@@ -146,7 +143,6 @@ class SpikingNeuron(nn.Module):
         # fp32 buffer: a bf16 result must not be what the membrane is reset by.
         fp32_out = out is not None and out.dtype == torch.float32
         count = self.fire(out if fp32_out else torch.empty_like(self.v))
-        self.count_spikes(count)
         emitted = count.mul_(self.quantum)  # [B, ...] count·quantum, in place
         self.reset_by(emitted)
         if self.record:
@@ -299,14 +295,15 @@ class ConsistentIF(SpikingNeuron):
             self.wake_steps += 1
 
     def fire(self, out: Tensor) -> Tensor:
-        s = torch.div(self.v, self.threshold, out=out).floor_().clamp_(-self.gamma, self.gamma)
-        low = -self.count if self.negative_spikes else torch.zeros_like(self.count)
-        high = self.gamma * self.wake_steps - self.count
-        # Limit to -N ≤ s ≤ γ·t − N, i.e. 0 ≤ N + s ≤ γ·t.
-        return torch.minimum(torch.maximum(s, low, out=s), high, out=s)
-
-    def count_spikes(self, count: Tensor) -> None:
-        self.count.add_(count)
+        low = -self.gamma if self.negative_spikes else 0
+        s = torch.div(self.v, self.threshold, out=out).floor_().clamp_(low, self.gamma)
+        # Limit to −N ≤ s ≤ γ·t − N, i.e. 0 ≤ N + s ≤ γ·t: clamp the new count N + s with
+        # scalar bounds, then s = N_new − N (two passes fewer than clamping s between
+        # the tensors −N and γ·t − N). Without negative spikes s ≥ 0 already, so N_new ≥ N.
+        new_count = torch.add(self.count, s).clamp_(0, self.gamma * self.wake_steps)
+        torch.sub(new_count, self.count, out=s)
+        self.count = new_count
+        return s
 
     def reset(self) -> None:
         super().reset()

@@ -78,6 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batches", type=int, help="batches of the fixed loader (a, b); default 40")
     p.add_argument("--repeats", type=int, help="timed repeats, median taken; default 5")
     p.add_argument("--sim-T", type=int, help="simulation steps for b; default 8")
+    p.add_argument("--compile", default="auto",
+                   help="a, c, e: the library pipeline's torch.compile mode (TrainConfig.compile: "
+                        "auto, off, default, reduce-overhead, ...)")  # fmt: skip
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--casc-levels", type=int, default=8)
     p.add_argument("--limit-train", type=int, help="c/e: training images (default: all)")
@@ -150,9 +153,10 @@ def build(args, name: str, act: str, device, train: bool = True):
     if not train:
         return model.eval(), None
     # The library's own resolution of amp="auto", channels_last="auto", compile="auto".
-    cfg = T.TrainConfig(model=name, dataset=args.dataset, device=str(device), progress=False)
+    cfg = T.TrainConfig(model=name, dataset=args.dataset, device=str(device), progress=False,
+                        compile={"on": True, "off": False}.get(args.compile, args.compile))  # fmt: skip
     _, amp, channels_last = T._resolve_runtime(cfg)
-    mode = T._compile_mode(cfg, device) if hasattr(T, "_compile_mode") else None
+    mode = T._compile_mode(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fused = {"fused": True} if device.type == "cuda" else {}  # as `train` builds its SGD
