@@ -320,8 +320,9 @@ def demo_row(args) -> dict | None:
         wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"demo failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    tail = proc.stdout[-1500:].replace(tmp, "<out>")  # no machine paths in the results
     return dict(id="d", model="cnn", what="ann2snn demo wall time (s), 2 cores", value=wall,
-                command=shlex.join(cmd), stdout_tail=proc.stdout[-1500:])  # fmt: skip
+                command=shlex.join(cmd).replace(tmp, "<out>"), stdout_tail=tail)  # fmt: skip
 
 
 def format_table(rows: list[dict]) -> str:
