@@ -149,3 +149,25 @@ def test_speed_runs_demo(fmnist, tmp_path):
                        "--out", str(out)])  # fmt: skip
     (row,) = json.loads(out.read_text())["rows"]
     assert row["id"] == "d" and _finite_positive(row["value"])
+
+
+def test_profile_step_tiny(fmnist, tmp_path):
+    out = tmp_path / "profile.json"
+    argv = ["--device", "cpu", "--models", "cnn", "--acts", "relu,qcfs",
+            "--variants", "library,eager-fp32", "--batch-size", "16", "--steps", "3",
+            "--repeats", "1", "--profile-steps", "2", "--data-dir", str(fmnist),
+            "--out", str(out)]  # fmt: skip
+    _main("profile_step.py")(argv)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["act"], r["variant"]) for r in rows] == [
+        ("relu", "library"),
+        ("relu", "eager-fp32"),
+        ("qcfs", "library"),
+        ("qcfs", "eager-fp32"),
+    ]
+    for r in rows:
+        assert _finite_positive(r["wall_ms"]) and _finite_positive(r["busy_ms"])
+        assert r["pipeline"]["compile"] == "off"  # CPU: the library trains eager
+        assert r["top"] and all(t["op"].startswith("aten::") for t in r["top"])
+    # QCFS runs more operators per step than ReLU (its forward and backward are several ops).
+    assert rows[2]["ops_per_step"] > rows[0]["ops_per_step"]
