@@ -54,12 +54,12 @@ def _fast_cpu_path(z: Tensor) -> bool:
 
 
 def _band(grad: Tensor, z: Tensor, above: float) -> Tensor:
-    """``grad`` where 0 ≤ z < ``above``, else 0, in one pass. With ``above`` the next
-    representable number after h (in z's dtype) that is the closed band [0, h].
+    """``grad`` where 0 ≤ z < ``above``, else 0, in one pass. Pass as ``above`` the next
+    representable number after h in z's dtype to keep grad on the closed band [0, h].
 
-    ``hardtanh_backward`` keeps grad on the open interval (min, max); its lower bound is
-    −(smallest normal) rather than the nearest denormal, so z = 0 stays inside even when
-    denormals are flushed to zero.
+    ``hardtanh_backward`` keeps grad on an open interval (min, max). Its lower bound here
+    is −(smallest normal) rather than the nearest denormal, so z = 0 stays inside even
+    when denormals are flushed to zero.
     """
     return torch.ops.aten.hardtanh_backward(grad, z, -torch.finfo(z.dtype).tiny, above)
 
