@@ -117,8 +117,8 @@ def default_max_fold(device: torch.device) -> int:
     """Most samples (steps × batch) per forward of the stateless layers.
 
     On a GPU a big fold fills the device (16384). On a CPU it does not pay: the folded
-    activations spill the caches, and one step at a time ran faster (demo CNN, batch 256,
-    T = 16, 2 threads: 10,100 image-steps/s at 256 against 7,000 at 2048).
+    activations spill the caches, and one step at a time ran 1.6–1.7× faster (cnn and
+    resnet20, batch 128, T = 16: 128 against 2048, `benchmarks/speed.py --max-fold`).
     """
     return 16384 if device.type == "cuda" else 128
 

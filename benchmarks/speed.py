@@ -52,6 +52,7 @@ from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
 from ann2snn.data import DatasetNotFoundError, InMemoryLoader, create_loaders
 from ann2snn.noise import nq_epoch_hook
 from ann2snn.report import environment, write_json
+from ann2snn.simulate import default_max_fold
 
 # The module, not the `ann2snn.train` function the package exports under the same name.
 T = importlib.import_module("ann2snn.train")
@@ -78,6 +79,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batches", type=int, help="batches of the fixed loader (a, b); default 40")
     p.add_argument("--repeats", type=int, help="timed repeats, median taken; default 5")
     p.add_argument("--sim-T", type=int, help="simulation steps for b; default 8")
+    p.add_argument("--max-fold", help="b: simulate(max_fold=), or several (e.g. 128,2048) timed "
+                   "side by side; default the library's")  # fmt: skip
+    p.add_argument("--precisions", default="fp32,bf16", help="b: layer precisions to time")
     p.add_argument("--compile", default="auto",
                    help="a, c, e: the library pipeline's torch.compile mode (TrainConfig.compile: "
                         "auto, off, default, reduce-overhead, ...)")  # fmt: skip
@@ -99,6 +103,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.models, args.only = [m for m in args.models.split(",") if m], args.only.split(",")
+    args.precisions = args.precisions.split(",")
+    args.max_fold = [int(f) for f in args.max_fold.split(",")] if args.max_fold else None
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     args.device = torch.device(auto if args.device == "auto" else args.device)
     args.out = args.out or f"benchmarks/results/speed-{args.device.type}.json"
@@ -203,9 +209,12 @@ def ratio_a(args, name: str, device, loaders, rows: list) -> None:
 def ratio_b(args, name: str, device, loaders, rows: list) -> None:
     data, steps = fixed_batches(args, loaders), args.sim_T
     images = len(data) * args.batch_size
+    # Several --max-fold values are timed side by side in one comparison (one row each).
+    folds = args.max_fold or [default_max_fold(device)]
     for act, neurons in (("qcfs", ("if", "gn")), ("clipq", ("cif",))):
         model, _ = build(args, name, act, device, train=False)
-        for dtype in (None, torch.bfloat16):
+        for prec in args.precisions:
+            dtype = {"fp32": None, "bf16": torch.bfloat16}[prec]
 
             @torch.no_grad()
             def ann(model=model, dtype=dtype):
@@ -214,17 +223,22 @@ def ratio_b(args, name: str, device, loaders, rows: list) -> None:
                         model(x)
 
             fns = {"ann": ann}
-            for neuron in neurons:
+            for neuron, fold in itertools.product(neurons, folds):
                 snn = convert(model, neuron, **({"tau": args.levels} if neuron == "gn" else {}))
-                fns[neuron] = lambda s=snn, d=dtype: simulate(s, data, steps, dtype=d, progress=False)  # fmt: skip
+                fns[f"{neuron}@{fold}"] = lambda s=snn, d=dtype, f=fold: simulate(
+                    s, data, steps, dtype=d, progress=False, max_fold=f)  # fmt: skip
             med, raw = compare(fns, device, args.repeats)
             ann_rate = images / med["ann"]
-            for neuron in neurons:
-                snn_rate = images * steps / med[neuron]
-                rows.append(dict(id="b", model=name, what=f"{neuron} sim / ANN fwd, {'bf16' if dtype else 'fp32'}",
-                                 value=snn_rate / ann_rate, snn_image_steps_per_s=snn_rate,
-                                 ann_images_per_s=ann_rate, T=steps, images=images,
-                                 seconds={k: v for k, v in raw.items() if k.endswith((neuron, "ann"))}))  # fmt: skip
+            for neuron, fold in itertools.product(neurons, folds):
+                key = f"{neuron}@{fold}"
+                snn_rate = images * steps / med[key]
+                what = f"{neuron} sim / ANN fwd, {prec}" + (
+                    f", max_fold {fold}" if len(folds) > 1 else ""
+                )
+                rows.append(dict(id="b", model=name, what=what, value=snn_rate / ann_rate,
+                                 snn_image_steps_per_s=snn_rate, ann_images_per_s=ann_rate, T=steps,
+                                 images=images, max_fold=fold,
+                                 seconds={k: v for k, v in raw.items() if k.endswith((key, "ann"))}))  # fmt: skip
 
 
 def loaders_for(args, device) -> tuple[Any, str]:

@@ -171,3 +171,13 @@ def test_profile_step_tiny(fmnist, tmp_path):
         assert r["top"] and all(t["op"].startswith("aten::") for t in r["top"])
     # QCFS runs more operators per step than ReLU (its forward and backward are several ops).
     assert rows[2]["ops_per_step"] > rows[0]["ops_per_step"]
+
+
+def test_op_costs_tiny(tmp_path):
+    out = tmp_path / "ops.json"
+    _main("op_costs.py")(["--shape", "4,3,8,8", "--repeats", "1", "--min-seconds", "0.001",
+                          "--out", str(out)])  # fmt: skip
+    saved = json.loads(out.read_text())
+    names = [r["op"] for r in saved["rows"]]
+    assert "randn_like" in names and "hardtanh_backward (band)" in names
+    assert all(_finite_positive(r["ns_per_element"]) for r in saved["rows"])
