@@ -61,7 +61,12 @@ def _band(grad: Tensor, z: Tensor, above: float) -> Tensor:
     is −(smallest normal) rather than the nearest denormal, so z = 0 stays inside even
     when denormals are flushed to zero.
     """
-    return torch.ops.aten.hardtanh_backward(grad, z, -torch.finfo(z.dtype).tiny, above)
+    # Written in z's memory layout: the layer before (BatchNorm, conv) gets its gradient
+    # in the layout of its own output, even where ``grad`` arrives in another (e.g. from a
+    # flatten); mixed layouts send the CPU's BatchNorm backward to a slow path.
+    return torch.ops.aten.hardtanh_backward.grad_input(
+        grad, z, -torch.finfo(z.dtype).tiny, above, grad_input=torch.empty_like(z)
+    )
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:

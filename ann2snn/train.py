@@ -6,7 +6,7 @@
 >>> model = ann2snn.load(cfg.out_dir)  # best epoch by validation accuracy
 
 The loop is plain SGD with momentum, cosine annealing per epoch (optional linear
-warm-up), cross-entropy, and bf16 autocast + channels_last on CUDA. Model selection
+warm-up), cross-entropy, channels_last, and bf16 autocast on CUDA. Model selection
 uses the validation split carved from the training set; the test accuracy is measured
 every epoch for the record but never used to choose anything.
 
@@ -249,7 +249,9 @@ def _resolve_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | N
         # Fixed input shapes every step: let cuDNN time its algorithms once and keep the best.
         torch.backends.cudnn.benchmark = True
     amp_dtype = torch.bfloat16 if config.amp == "bf16" or (config.amp == "auto" and cuda) else None
-    channels_last = cuda if config.channels_last == "auto" else bool(config.channels_last)
+    # channels_last on every device: on a 2-core CPU it trained the cnn 1.47× and
+    # resnet20 1.2× faster than NCHW (pooling and BatchNorm have vectorised NHWC kernels).
+    channels_last = True if config.channels_last == "auto" else bool(config.channels_last)
     return device, amp_dtype, channels_last
 
 

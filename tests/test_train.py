@@ -198,7 +198,7 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
     assert rec["runtime"] == {
         "device": "cpu",
         "amp": "off",
-        "channels_last": False,
+        "channels_last": True,  # "auto": NHWC on every device
         "compile": "off",
     }
 
