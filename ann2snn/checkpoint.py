@@ -404,8 +404,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
 
     Returns:
         ``ann2snn.models.create_model(record["model"], **record["model_kwargs"])`` with the
-        verified weights loaded strictly, in eval mode, with the record attached as
-        ``model.ann2snn_record``.
+        verified weights loaded strictly, in eval mode, in the memory format it was
+        trained in (channels_last if the record's runtime says so: its evaluation and
+        simulation then run in that layout, which is faster on CPUs and GPUs alike), with
+        the record attached as ``model.ann2snn_record``.
 
     Raises:
         CheckpointError: missing/damaged files, hash mismatch, or weights that do not fit.
@@ -416,6 +418,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     model = create_model(record["model"], **record["model_kwargs"])
     _load_strict(model, state, json_path.parent / record["weights_file"])
     model.ann2snn_record = record
+    if (record.get("runtime") or {}).get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     return model.to(map_location).eval()
 
 

@@ -77,6 +77,30 @@ def test_training_noise_is_zero_mean_with_std_sigma():
     assert float(diff.abs().min()) < 1e-3 < float(diff.abs().max())
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_training_noise_keeps_the_layout_and_its_statistics(layout):
+    """4-D activations in channels_last (the CPU training default) or non-dense strides:
+    the noise has the activation's layout, std σ, and differs between elements."""
+    lam, levels, sigma = 2.0, 4, 0.3
+    nq, q = _pair(lam, levels, sigma)
+    nq.train()
+    z = torch.rand(64, 8, 20, 20) * lam
+    z = (
+        z.contiguous(memory_format=torch.channels_last)
+        if layout == "channels_last"
+        else z[..., ::2]
+    )
+    with torch.no_grad():
+        out = nq(z)
+        diff = (out - q(z)).double()
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    n = diff.numel()
+    assert abs(float(diff.mean())) < 6 * sigma / math.sqrt(n)
+    assert abs(float(diff.std()) - sigma) < 6 * sigma / math.sqrt(2 * n)
+    assert diff.flatten().unique().numel() > 0.99 * n  # a fresh draw per element
+
+
 def test_noise_adds_no_gradient_term():
     lam, levels = 2.0, 4
     z0 = _z(lam=lam, levels=levels)

@@ -185,6 +185,10 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
     loaded = ckpt.load(tmp_path / "last.json")
     x = torch.randn(8, 3, _tiny.IMAGE, _tiny.IMAGE)
     assert torch.equal(loaded(x), seen["model"](x))
+    # Trained channels_last ("auto") -> loaded channels_last.
+    conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
     rec = loaded.ann2snn_record
     assert rec["model"] == "tiny" and rec["activation"] == "nq" and rec["levels"] == 4
     assert rec["model_kwargs"] == dict(num_classes=_tiny.CLASSES, in_channels=3, act="nq", levels=4,
