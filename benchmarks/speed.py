@@ -156,15 +156,15 @@ def build(args, name: str, act: str, device, train: bool = True):
         for m in model.modules():
             if isinstance(m, NoisyQCFS):
                 m.sigma.fill_(NQ_SIGMA)
-    if not train:
-        return model.eval(), None
     # The library's own resolution of amp="auto", channels_last="auto", compile="auto".
     cfg = T.TrainConfig(model=name, dataset=args.dataset, device=str(device), progress=False,
                         compile={"on": True, "off": False}.get(args.compile, args.compile))  # fmt: skip
     _, amp, channels_last = T._resolve_runtime(cfg)
     mode = T._compile_mode(cfg, device)
-    if channels_last:
+    if channels_last:  # as `train` trains it and `ann2snn.load` returns it
         model = model.to(memory_format=torch.channels_last)
+    if not train:
+        return model.eval(), None
     fused = {"fused": True} if device.type == "cuda" else {}  # as `train` builds its SGD
     opt = torch.optim.SGD(T.param_groups(model, 5e-4), lr=0.01, momentum=0.9, **fused)
     step = torch.compile(model, mode=mode) if mode else model
