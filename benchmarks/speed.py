@@ -289,6 +289,7 @@ def ratio_e(args, name: str, device, loaders, rows: list) -> None:
     xs, ys = zip(*loaders.train)
     x_all, y_all = torch.cat(xs).contiguous(), torch.cat(ys)
     base, _ = build(args, name, "qcfs", device, train=False)
+    base = base.to(memory_format=torch.contiguous_format)  # the plain loop: NCHW
     base.train()
     base_opt = torch.optim.SGD(base.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
