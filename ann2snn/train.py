@@ -48,6 +48,8 @@ __all__ = [
     "Scores",
     "train",
     "train_one_epoch",
+    "prepare_training",
+    "TrainingSetup",
     "evaluate",
     "param_groups",
     "lr_at",
@@ -262,6 +264,56 @@ def _compile_mode(config: TrainConfig, device: torch.device) -> str | None:
     return "default" if config.compile in ("auto", True) else str(config.compile)
 
 
+class TrainingSetup(NamedTuple):
+    """How `train` runs its steps: the model on its device and in its layout, the
+    (maybe compiled) callable that shares its parameters, the optimizer, the runtime."""
+
+    model: nn.Module
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    compile_mode: str | None
+
+    def runtime(self) -> dict[str, Any]:
+        """JSON-able summary (the record's ``runtime``)."""
+        return {
+            "device": str(self.device),
+            "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "off",
+            "channels_last": self.channels_last,
+            "compile": self.compile_mode or "off",
+        }
+
+    def epoch(self, loader: Iterable[tuple[Tensor, Tensor]], **kwargs: Any) -> Scores:
+        """`train_one_epoch` with this setup's model, optimizer and runtime."""
+        return train_one_epoch(self.step_model, loader, self.optimizer, device=self.device,
+                               amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                               **kwargs)  # fmt: skip
+
+
+def prepare_training(model: nn.Module, config: TrainConfig) -> TrainingSetup:
+    """Move ``model`` to the run's device and layout and build its SGD and (on CUDA) its
+    compiled step exactly as `train` does; the benchmarks time this same setup."""
+    device, amp_dtype, channels_last = _resolve_runtime(config)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, config.weight_decay),
+        lr=config.lr,
+        momentum=config.momentum,
+        fused=device.type == "cuda",  # one kernel for the whole update instead of one per tensor
+    )
+    # The compiled wrapper shares parameters with `model`; checkpoints use `model` so their
+    # keys carry no "_orig_mod." prefix.
+    compile_mode = _compile_mode(config, device)
+    step_model = torch.compile(model, mode=compile_mode) if compile_mode else model
+    return TrainingSetup(
+        model, step_model, optimizer, device, amp_dtype, channels_last, compile_mode
+    )
+
+
 def _hook(hooks: Any, name: str) -> Callable[..., Any] | None:
     if hooks is None:
         return None
@@ -337,7 +389,7 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
 
     create_loaders = importlib.import_module("ann2snn.data").create_loaders
     create_model = importlib.import_module("ann2snn.models").create_model
-    device, amp_dtype, channels_last = _resolve_runtime(config)
+    device = _resolve_runtime(config)[0]  # the loaders need it before the model exists
     seed_everything(config.seed)
     loaders = create_loaders(
         config.dataset,
@@ -361,19 +413,8 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
         image_size=loaders.image_size,
         **config.act_kwargs,
     )
-    model = create_model(config.model, **model_kwargs).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, config.weight_decay),
-        lr=config.lr,
-        momentum=config.momentum,
-        fused=device.type == "cuda",  # one kernel for the whole update instead of one per tensor
-    )
-    # The compiled wrapper shares parameters with `model`; checkpoints use `model` so their
-    # keys carry no "_orig_mod." prefix.
-    compile_mode = _compile_mode(config, device)
-    step_model = torch.compile(model, mode=compile_mode) if compile_mode else model
+    setup = prepare_training(create_model(config.model, **model_kwargs), config)
+    model, step_model, optimizer = setup.model, setup.step_model, setup.optimizer
     # LambdaLR multiplies each group's base lr; stepped once per epoch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: lr_at(epoch, config) / config.lr
@@ -401,12 +442,7 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
             "seed": config.seed,
         }
         start = 0
-    record["runtime"] = {
-        "device": str(device),
-        "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-        "channels_last": channels_last,
-        "compile": compile_mode or "off",
-    }
+    record["runtime"] = setup.runtime()
     on_epoch_end = _hook(hooks, "on_epoch_end")
     log = sys.stderr if config.progress else None
     if log is not None:
@@ -415,7 +451,7 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
         print(
             f"{what}: {config.model} ({n_params / 1e6:.2f}M params) on {loaders.name}, "
             f"{config.epochs} epochs, {device}"
-            + (f" {record['runtime']['amp']}" if amp_dtype else "")
+            + (f" {record['runtime']['amp']}" if setup.amp_dtype else "")
             + f" -> {run_dir}",
             file=log,
         )
@@ -428,17 +464,10 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
                 loader.set_epoch(epoch)  # resumed runs replay the same shuffles/augmentations
         desc = f"epoch {epoch + 1}/{config.epochs}"
         bar = ProgressBar(_len(loaders.train), desc, enabled=config.progress)
-        train_scores = train_one_epoch(
-            step_model,
-            loaders.train,
-            optimizer,
-            device=device,
-            label_smoothing=config.label_smoothing,
-            amp_dtype=amp_dtype,
-            channels_last=channels_last,
-            progress=bar,
+        train_scores = setup.epoch(
+            loaders.train, label_smoothing=config.label_smoothing, progress=bar
         )
-        kw = dict(amp_dtype=amp_dtype, channels_last=channels_last)
+        kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last)
         val = evaluate(step_model, loaders.val, device, **kw) if loaders.val is not None else None
         test = evaluate(step_model, loaders.test, device, **kw)
         scheduler.step()

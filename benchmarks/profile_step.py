@@ -87,7 +87,7 @@ def build(args, name: str, act: str, variant: str, shape: tuple[int, int, int]):
     channels, side, classes = shape
     torch.manual_seed(0)
     model = create_model(name, num_classes=classes, in_channels=channels, act=act,
-                         levels=8 if act == "clipq" else 4, image_size=side).to(args.device)  # fmt: skip
+                         levels=8 if act == "clipq" else 4, image_size=side)  # fmt: skip
     kw: dict[str, Any] = dict(
         model=name, dataset=args.dataset, device=str(args.device), progress=False
     )
@@ -95,22 +95,8 @@ def build(args, name: str, act: str, variant: str, shape: tuple[int, int, int]):
         kw |= dict(amp="off", channels_last=False, compile=False)
     elif variant != "library":
         kw["compile"] = {"off": False}.get(variant, variant)
-    cfg = T.TrainConfig(**kw)
-    device, amp, channels_last = T._resolve_runtime(cfg)
-    mode = T._compile_mode(cfg, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.SGD(T.param_groups(model, 5e-4), lr=0.01, momentum=0.9, **fused)
-    step = torch.compile(model, mode=mode) if mode else model
-    pipeline = {"amp": str(amp).removeprefix("torch.") if amp else "off",
-                "channels_last": channels_last, "compile": mode or "off"}  # fmt: skip
-
-    def epoch(data):
-        return T.train_one_epoch(step, data, opt, device=device, amp_dtype=amp,
-                                 channels_last=channels_last)  # fmt: skip
-
-    return epoch, pipeline
+    setup = T.prepare_training(model, T.TrainConfig(**kw, lr=0.01))  # as `train` sets it up
+    return setup.epoch, setup.runtime()
 
 
 def sync(device: torch.device) -> None:

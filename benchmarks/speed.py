@@ -158,24 +158,15 @@ def build(args, name: str, act: str, device, train: bool = True):
                 m.sigma.fill_(NQ_SIGMA)
     # The library's own resolution of amp="auto", channels_last="auto", compile="auto".
     cfg = T.TrainConfig(model=name, dataset=args.dataset, device=str(device), progress=False,
+                        lr=0.01, momentum=0.9, weight_decay=5e-4,
                         compile={"on": True, "off": False}.get(args.compile, args.compile))  # fmt: skip
-    _, amp, channels_last = T._resolve_runtime(cfg)
-    mode = T._compile_mode(cfg, device)
-    if channels_last:  # as `train` trains it and `ann2snn.load` returns it
-        model = model.to(memory_format=torch.channels_last)
     if not train:
+        if T._resolve_runtime(cfg)[2]:  # as `train` trains it and `ann2snn.load` returns it
+            model = model.to(memory_format=torch.channels_last)
         return model.eval(), None
-    fused = {"fused": True} if device.type == "cuda" else {}  # as `train` builds its SGD
-    opt = torch.optim.SGD(T.param_groups(model, 5e-4), lr=0.01, momentum=0.9, **fused)
-    step = torch.compile(model, mode=mode) if mode else model
-
-    def epoch(batches):
-        return T.train_one_epoch(step, batches, opt, device=device, amp_dtype=amp,
-                                 channels_last=channels_last)  # fmt: skip
-
-    model.pipeline = {"amp": str(amp).removeprefix("torch.") if amp else "off",
-                      "channels_last": channels_last, "compile": mode or "off"}  # fmt: skip
-    return model, epoch
+    setup = T.prepare_training(model, cfg)  # exactly `train`'s device, layout, SGD, compile
+    setup.model.pipeline = setup.runtime()
+    return setup.model, setup.epoch
 
 
 def fixed_batches(args, loaders) -> list[tuple[torch.Tensor, torch.Tensor]]:
