@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="layer precision (membranes stay fp32)",
     )
+    e.add_argument(
+        "--compile-neurons",
+        action="store_true",
+        help="fuse each neuron step with torch.compile (same results; needs a C++ compiler on CPU)",
+    )
     e.add_argument("--data-dir")
     e.add_argument("--limit-test", type=int)
     e.add_argument(
@@ -191,12 +196,16 @@ def _eval(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.neuron == "gn":
         options["tau"] = args.tau or mk.get("levels") or record.get("levels")
+    if args.compile_neurons:
+        options["compiled"] = True
     calibration = loaders.val if mk.get("act", record.get("activation")) == "relu" else None
     label = f"{mk.get('act', '?')}+{args.neuron}" + (
         f" (tau={options['tau']})" if "tau" in options else ""
     )
     if args.neuron == "cif" and args.sleep and args.margin is None and len(steps) > 1:
-        row = evaluate_wake_sleep(model, loaders.test, steps, args.sleep, progress, label=label)
+        row = evaluate_wake_sleep(
+            model, loaders.test, steps, args.sleep, progress, label=label, **options
+        )
     else:
         row = evaluate_snn(model, loaders.test, args.neuron, T=max(steps), sleep=args.sleep, margin=args.margin,
                            dtype=_dtype(args.dtype), progress=progress, label=label, calibration=calibration,

@@ -13,6 +13,11 @@ so neurons receive ``[T·B, ...]`` and are told T by the network (`_fold`).
 
 The membrane stays fp32 whatever the layers' dtype (bf16/fp16 layers would otherwise
 lose the small residues that carry information across steps).
+
+Each neuron's whole step is one function of tensors (`kernel`): run as is, it is a few
+in-place elementwise passes; with ``compiled=True`` the same function goes through
+`torch.compile` and becomes one fused loop (CPU) or kernel (GPU), which matters for the
+neurons with more passes (CIF has nine).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from .kernels import compile_unavailable, compiled_kernel, flat_views
 
 __all__ = [
     "SpikingNeuron",
@@ -31,6 +38,7 @@ __all__ = [
     "neurons",
     "create_neuron",
     "list_neurons",
+    "compile_unavailable",
 ]
 
 
@@ -48,21 +56,30 @@ def _activation_facts(act: nn.Module) -> tuple[Tensor, float, int | None]:
 class SpikingNeuron(nn.Module):
     """Skeleton: ``step(x) = charge → fire → reset → emit``.
 
-    Subclasses implement `fire` (membrane → integer spike count per element) and the
-    size of one spike quantum (`quantum`). Reset is by subtraction of ``count·quantum``
-    and the emitted value is ``count·quantum``, so a layer's time-averaged output is its
-    firing rate times the spike value, comparable with the ANN activation.
+    Subclasses implement `kernel` (charge the membrane, count the spike quanta per
+    element, reset by subtraction of ``count·quantum``, write ``count·quantum`` as the
+    emitted value) and `kernel_args` (its state and scalars). The emitted value is
+    ``count·quantum``, so a layer's time-averaged output is its firing rate times the
+    spike value, comparable with the ANN activation.
 
     Args:
         threshold: θ, a positive scalar (a per-layer value, like QCFS's λ).
         v_init: initial membrane as a fraction of θ (QCFS/GN use ½ for the ½-shift).
         step_mode: ``"s"`` (input ``[B, ...]``, one step) or ``"m"`` (input ``[T, B, ...]``).
+        compiled: run `kernel` through `torch.compile` (one fused pass per step; the first
+            call compiles, a few seconds, once per process and neuron type).
     """
 
     #: Whether a network of these neurons can express max-pooling (see `ann2snn.LIPool`).
     allows_maxpool: bool = False
 
-    def __init__(self, threshold: float | Tensor, v_init: float = 0.5, step_mode: str = "s"):
+    def __init__(
+        self,
+        threshold: float | Tensor,
+        v_init: float = 0.5,
+        step_mode: str = "s",
+        compiled: bool = False,
+    ):
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
         if threshold.numel() != 1 or not bool(threshold > 0):
@@ -82,6 +99,9 @@ class SpikingNeuron(nn.Module):
         self.record = False
         self.recorded: Tensor | None = None
         self.v: Tensor | None = None
+        if compiled and (why := compile_unavailable(self.threshold.device)):
+            raise RuntimeError(why)
+        self.compiled = bool(compiled)
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -109,24 +129,34 @@ class SpikingNeuron(nn.Module):
 
     def init_state(self, x: Tensor) -> None:
         """Allocate the state for input ``x`` of shape ``[B, ...]``."""
-        self.v = torch.zeros_like(x, dtype=torch.float32).add_(self.v0)
+        # One pass (a broadcast copy of the 0-dim v0): no zero fill first, no host sync.
+        self.v = torch.empty_like(x, dtype=torch.float32).copy_(self.v0)
 
+    # --- the step: one function of tensors --------------------------------------------
     # The state is updated in place: simulation runs without autograd, and each avoided
-    # allocation is one pass less over a [B, C, H, W] tensor per step.
-    def charge(self, x: Tensor) -> None:
-        self.v.add_(x)  # fp32 membrane, whatever x's dtype
+    # allocation is one pass less over a [B, C, H, W] tensor per step. Spike counts are
+    # written into a float buffer, which avoids a bool→float cast that on the CPU costs
+    # more than the rest of the step together.
+    @staticmethod
+    def kernel(v: Tensor, x: Tensor, out: Tensor, *args) -> Tensor:
+        """charge → fire → reset, in place: ``v`` (fp32 membrane) ← ``v + x``; ``out``
+        (fp32, v's shape) ← emitted ``count·quantum``; ``v`` ← ``v − out``. Returns ``out``.
 
-    def fire(self, out: Tensor) -> Tensor:
-        """Write the spike count per element (integer-valued, fp32) into ``out``; return it.
-
-        Writing into a float buffer avoids a bool→float cast, which on CPU costs more than
-        the rest of the step together.
+        ``args`` are the tensors and numbers of `kernel_args` (state beyond v, scalars).
+        Written with in-place/``out=`` ops only, so that run eagerly it makes no temporary
+        and compiled it is one pass.
         """
         raise NotImplementedError
 
-    def reset_by(self, emitted: Tensor) -> None:
-        """Reset by subtraction of ``emitted = count·quantum`` (fp32)."""
-        self.v.sub_(emitted)
+    def kernel_args(self) -> tuple:
+        """Extra arguments of `kernel` for this step (after v, x, out)."""
+        return (self.threshold,)
+
+    def begin_step(self) -> None:
+        """Bookkeeping before each step's kernel (CIF counts its wake steps here)."""
+
+    def end_step(self) -> None:
+        """Bookkeeping after each step's kernel (CIF swaps its count buffers here)."""
 
     def step(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         """One time step: ``x`` ``[B, ...]`` → emitted value ``[B, ...]`` in x's dtype.
@@ -139,12 +169,21 @@ class SpikingNeuron(nn.Module):
     def _step(self, x: Tensor, out: Tensor | None) -> Tensor:
         if self.v is None:
             self.init_state(x)
-        self.charge(x)
+        self.begin_step()
         # fp32 buffer: a bf16 result must not be what the membrane is reset by.
         fp32_out = out is not None and out.dtype == torch.float32
-        count = self.fire(out if fp32_out else torch.empty_like(self.v))
-        emitted = count.mul_(self.quantum)  # [B, ...] count·quantum, in place
-        self.reset_by(emitted)
+        emitted = out if fp32_out else torch.empty_like(self.v)
+        tensors = (self.v, x, emitted)
+        args = (*tensors, *self.kernel_args())
+        # One compiled graph for every rank and layout: the kernel is elementwise, so
+        # operands sharing one dense layout can go in as flat views of their storage.
+        # Operands in mixed layouts (rare: a strided input) take the eager kernel.
+        flat = flat_views(self.v, args) if self.compiled else None
+        if flat is not None:
+            compiled_kernel(type(self).kernel)(*flat)
+        else:
+            type(self).kernel(*args)
+        self.end_step()
         if self.record:
             self.recorded = emitted.clone() if self.recorded is None else self.recorded + emitted
         if out is None:
@@ -176,7 +215,10 @@ class SpikingNeuron(nn.Module):
         self.recorded = None
 
     def extra_repr(self) -> str:
-        return f"threshold={float(self.threshold):.4g}, v_init={self.v_init}, step_mode={self.step_mode!r}"
+        return (
+            f"threshold={float(self.threshold):.4g}, v_init={self.v_init}, "
+            f"step_mode={self.step_mode!r}" + (", compiled=True" if self.compiled else "")
+        )
 
 
 class IFNeuron(SpikingNeuron):
@@ -187,9 +229,13 @@ class IFNeuron(SpikingNeuron):
     the QCFS activation h(z) (methods.md §6 item 3).
     """
 
-    def fire(self, out: Tensor) -> Tensor:
-        # Inclusive fire condition v ≥ θ (methods.md §0.8).
-        return torch.ge(self.v, self.threshold, out=out)
+    @staticmethod
+    def kernel(v: Tensor, x: Tensor, out: Tensor, theta: Tensor) -> Tensor:
+        v.add_(x)  # fp32 membrane, whatever x's dtype
+        # Inclusive fire condition v ≥ θ (methods.md §0.8); one spike emits θ.
+        torch.ge(v, theta, out=out).mul_(theta)
+        v.sub_(out)
+        return out
 
 
 class GroupNeuron(SpikingNeuron):
@@ -206,8 +252,9 @@ class GroupNeuron(SpikingNeuron):
         tau: int = 4,
         v_init: float = 0.5,
         step_mode: str = "s",
+        compiled: bool = False,
     ):
-        super().__init__(threshold, v_init=v_init, step_mode=step_mode)
+        super().__init__(threshold, v_init=v_init, step_mode=step_mode, compiled=compiled)
         if int(tau) != tau or tau < 1:
             raise ValueError(f"tau must be a positive integer, got {tau!r}")
         self.tau = int(tau)
@@ -233,10 +280,17 @@ class GroupNeuron(SpikingNeuron):
         i = torch.arange(1, self.tau + 1, device=self.threshold.device, dtype=torch.float32)
         return i * self.quantum
 
-    def fire(self, out: Tensor) -> Tensor:
+    @staticmethod
+    def kernel(v: Tensor, x: Tensor, out: Tensor, quantum: Tensor, tau: int) -> Tensor:
+        v.add_(x)
         # Count of members whose threshold iθ/τ is reached, written as a clamped floor
         # (one op instead of τ comparisons): floor(v/(θ/τ)) clipped to [0, τ].
-        return torch.div(self.v, self.quantum, out=out).floor_().clamp_(0, self.tau)
+        torch.div(v, quantum, out=out).floor_().clamp_(0, tau).mul_(quantum)
+        v.sub_(out)
+        return out
+
+    def kernel_args(self) -> tuple:
+        return (self.quantum, self.tau)
 
     def member_spikes(self, count: Tensor) -> Tensor:
         """Binary member spike trains ``[τ, ...]`` (0/1) for a count tensor ``[...]``.
@@ -275,39 +329,62 @@ class ConsistentIF(SpikingNeuron):
         gamma: int = 1,
         negative_spikes: bool = True,
         step_mode: str = "s",
+        compiled: bool = False,
     ):
-        super().__init__(threshold, v_init=v_init, step_mode=step_mode)
+        super().__init__(threshold, v_init=v_init, step_mode=step_mode, compiled=compiled)
         if int(gamma) != gamma or gamma < 1:
             raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
         self.gamma = int(gamma)
         self.negative_spikes = bool(negative_spikes)
         self.sleeping = False
         self.count: Tensor | None = None  # N, same shape as v
+        self._spare: Tensor | None = None  # buffer for the next N
         self.wake_steps = 0  # t (a scalar: every element sees the same wake steps)
 
     def init_state(self, x: Tensor) -> None:
         super().init_state(x)
         self.count = torch.zeros_like(self.v)
+        self._spare = torch.empty_like(self.v)
 
-    def charge(self, x: Tensor) -> None:
-        super().charge(x)
+    def begin_step(self) -> None:
         if not self.sleeping:
             self.wake_steps += 1
 
-    def fire(self, out: Tensor) -> Tensor:
-        low = -self.gamma if self.negative_spikes else 0
-        s = torch.div(self.v, self.threshold, out=out).floor_().clamp_(low, self.gamma)
+    @staticmethod
+    def kernel(
+        v: Tensor,
+        x: Tensor,
+        out: Tensor,
+        count: Tensor,
+        new_count: Tensor,
+        theta: Tensor,
+        low: int,
+        high: int,
+        cap: int,
+    ) -> Tensor:
+        v.add_(x)
+        s = torch.div(v, theta, out=out).floor_().clamp_(low, high)  # [B, ...] proposed s
         # Limit to −N ≤ s ≤ γ·t − N, i.e. 0 ≤ N + s ≤ γ·t: clamp the new count N + s with
         # scalar bounds, then s = N_new − N (two passes fewer than clamping s between
         # the tensors −N and γ·t − N). Without negative spikes s ≥ 0 already, so N_new ≥ N.
-        new_count = torch.add(self.count, s).clamp_(0, self.gamma * self.wake_steps)
-        torch.sub(new_count, self.count, out=s)
-        self.count = new_count
-        return s
+        torch.add(count, s, out=new_count).clamp_(0, cap)
+        torch.sub(new_count, count, out=s).mul_(theta)
+        v.sub_(s)
+        return out
+
+    def kernel_args(self) -> tuple:
+        # N_new goes into a second buffer (no allocation, no copy back); the buffers swap
+        # roles after the step (`end_step`).
+        low = -self.gamma if self.negative_spikes else 0
+        cap = self.gamma * self.wake_steps
+        return (self.count, self._spare, self.threshold, low, self.gamma, cap)
+
+    def end_step(self) -> None:
+        self.count, self._spare = self._spare, self.count
 
     def reset(self) -> None:
         super().reset()
-        self.count = None
+        self.count = self._spare = None
         self.wake_steps = 0
         self.sleeping = False
 

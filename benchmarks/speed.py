@@ -82,6 +82,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-fold", help="b: simulate(max_fold=), or several (e.g. 128,2048) timed "
                    "side by side; default the library's")  # fmt: skip
     p.add_argument("--precisions", default="fp32,bf16", help="b: layer precisions to time")
+    p.add_argument("--neuron-kernels", default="eager,compiled",
+                   help="b: neuron steps as eager ops and/or torch.compile'd (convert(compiled=True))")  # fmt: skip
     p.add_argument("--compile", default="auto",
                    help="a, c, e: the library pipeline's torch.compile mode (TrainConfig.compile: "
                         "auto, off, default, reduce-overhead, ...)")  # fmt: skip
@@ -104,6 +106,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, k, v)
     args.models, args.only = [m for m in args.models.split(",") if m], args.only.split(",")
     args.precisions = args.precisions.split(",")
+    args.neuron_kernels = args.neuron_kernels.split(",")
+    if not set(args.neuron_kernels) <= {"eager", "compiled"}:
+        p.error(f"--neuron-kernels takes eager and/or compiled, got {args.neuron_kernels}")
     args.max_fold = [int(f) for f in args.max_fold.split(",")] if args.max_fold else None
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     args.device = torch.device(auto if args.device == "auto" else args.device)
@@ -214,21 +219,25 @@ def ratio_b(args, name: str, device, loaders, rows: list) -> None:
                         model(x)
 
             fns = {"ann": ann}
-            for neuron, fold in itertools.product(neurons, folds):
-                snn = convert(model, neuron, **({"tau": args.levels} if neuron == "gn" else {}))
-                fns[f"{neuron}@{fold}"] = lambda s=snn, d=dtype, f=fold: simulate(
+            variants = list(itertools.product(neurons, folds, args.neuron_kernels))
+            for neuron, fold, kern in variants:
+                snn = convert(model, neuron, compiled=kern == "compiled",
+                              **({"tau": args.levels} if neuron == "gn" else {}))  # fmt: skip
+                fns[f"{neuron}@{fold}/{kern}"] = lambda s=snn, d=dtype, f=fold: simulate(
                     s, data, steps, dtype=d, progress=False, max_fold=f)  # fmt: skip
             med, raw = compare(fns, device, args.repeats)
             ann_rate = images / med["ann"]
-            for neuron, fold in itertools.product(neurons, folds):
-                key = f"{neuron}@{fold}"
+            for neuron, fold, kern in variants:
+                key = f"{neuron}@{fold}/{kern}"
                 snn_rate = images * steps / med[key]
-                what = f"{neuron} sim / ANN fwd, {prec}" + (
-                    f", max_fold {fold}" if len(folds) > 1 else ""
+                what = (
+                    f"{neuron} sim / ANN fwd, {prec}"
+                    + (f", max_fold {fold}" if len(folds) > 1 else "")
+                    + (", compiled neuron" if kern == "compiled" else "")
                 )
                 rows.append(dict(id="b", model=name, what=what, value=snn_rate / ann_rate,
                                  snn_image_steps_per_s=snn_rate, ann_images_per_s=ann_rate, T=steps,
-                                 images=images, max_fold=fold,
+                                 images=images, max_fold=fold, neuron_kernel=kern,
                                  seconds={k: v for k, v in raw.items() if k.endswith((key, "ann"))}))  # fmt: skip
 
 

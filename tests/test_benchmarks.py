@@ -19,6 +19,8 @@ import pytest
 import torch
 from _fmnist import isolate_data
 
+from ann2snn.neurons import compile_unavailable
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -109,12 +111,15 @@ def test_speed_tiny(fmnist, tmp_path):
             "--repeats", "1", "--sim-T", "2", "--limit-train", "45", "--limit-test", "5",
             "--data-dir", str(fmnist), "--data", "real", "--demo-log", str(log),
             "--out", str(out)]  # fmt: skip
+    kernels = ["eager"] if compile_unavailable("cpu") else ["eager", "compiled"]
+    argv += ["--neuron-kernels", ",".join(kernels)]
     _main("speed.py")(argv)
     saved = json.loads(out.read_text())
     rows = saved["rows"]
     assert saved["data"] == "real"
     assert [r["id"] for r in rows].count("a") == 3  # qcfs, nq, clipq vs relu
-    assert [r["id"] for r in rows].count("b") == 6  # (if, gn, cif) × (fp32, bf16)
+    b = [r for r in rows if r["id"] == "b"]  # (if, gn, cif) × (fp32, bf16) × kernels
+    assert len(b) == 6 * len(kernels) and {r["neuron_kernel"] for r in b} == set(kernels)
     assert {r["id"] for r in rows} == {"a", "b", "c", "e", "d"}
     for r in rows:
         assert _finite_positive(r["value"]), r

@@ -24,6 +24,7 @@ import torch
 
 from ann2snn.checkpoint import load_record
 from ann2snn.cli import main
+from ann2snn.neurons import compile_unavailable
 from ann2snn.train import TrainConfig, train
 
 SCRIPT = Path(sys.executable).with_name("ann2snn")
@@ -238,6 +239,16 @@ def test_eval_consistent_if_with_sleep(run_dir, data_dir, tmp_path, capsys):
                "--T", "1,2,4", "--neuron", "cif", "--sleep", "8", "--no-progress"])  # fmt: skip
     assert rc == 0
     assert "| qcfs+cif (T wake + 8 sleep) |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="no C++ compiler")
+def test_eval_compile_neurons_gives_the_same_report(run_dir, data_dir, tmp_path, capsys):
+    args = ("--T", "1,2,4", "--neuron", "cif", "--sleep", "4")
+    eager = _eval_json(run_dir, data_dir, tmp_path / "a", *args, capsys=capsys)
+    fused = _eval_json(run_dir, data_dir, tmp_path / "b", *args, "--compile-neurons", capsys=capsys)
+    assert fused["rows"][0]["convert"]["compiled"] is True
+    assert "compiled" not in eager["rows"][0]["convert"]
+    assert fused["rows"][0]["accuracy_by_wake"] == eager["rows"][0]["accuracy_by_wake"]
 
 
 def test_eval_csv_counts_sleep_steps_of_a_margin_schedule(run_dir, data_dir, tmp_path, capsys):
