@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ann2snn.neurons import ConsistentIF, IFNeuron, compile_unavailable
 from ann2snn.report import environment, write_json
 
 
@@ -50,7 +51,21 @@ def ops(z: torch.Tensor) -> dict[str, Any]:
         "randn_like": lambda: torch.randn_like(z),
         "normal_(0, sigma)": lambda: out.normal_(0.0, 0.25),
         "rand_like (uniform)": lambda: torch.rand_like(z),
+        # one whole neuron step (charge, fire, reset), eager ops and torch.compile'd
+        **neuron_steps(z),
     }
+
+
+def neuron_steps(z: torch.Tensor) -> dict[str, Any]:
+    """One step of the IF and consistent IF neurons on z, eager and compiled (when this
+    device can compile: `compile_unavailable`). The state carries over between calls."""
+    found: dict[str, Any] = {}
+    kinds = ["eager"] + ([] if compile_unavailable(z.device) else ["compiled"])
+    for name, cls in (("IF", IFNeuron), ("CIF", ConsistentIF)):
+        for kind in kinds:
+            n = cls(1.0, compiled=kind == "compiled").to(z.device)
+            found[f"{name} step ({kind})"] = lambda n=n: n.step(z)
+    return found
 
 
 def time_call(fn, device: torch.device, min_s: float, repeats: int) -> float:

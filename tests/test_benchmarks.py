@@ -185,4 +185,5 @@ def test_op_costs_tiny(tmp_path):
     saved = json.loads(out.read_text())
     names = [r["op"] for r in saved["rows"]]
     assert "randn_like" in names and "hardtanh_backward (band)" in names
+    assert "CIF step (eager)" in names and "IF step (eager)" in names
     assert all(_finite_positive(r["ns_per_element"]) for r in saved["rows"])
