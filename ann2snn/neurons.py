@@ -1,7 +1,7 @@
 """Spiking neurons on one charge → fire → reset skeleton.
 
 All neurons here are integrate-and-fire with reset by subtraction; they differ only in
-how many "spike quanta" they emit per step (`fire`):
+how many "spike quanta" they emit per step (the fire part of each `kernel`):
 
 * `IFNeuron`      one spike of size θ when v ≥ θ                        (QCFS, NQ)
 * `GroupNeuron`   τ members with thresholds iθ/τ, up to τ quanta of θ/τ  (GN)
