@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .kernels import flat_views
+
 __all__ = [
     "QCFS",
     "NoisyQCFS",
@@ -71,12 +73,10 @@ def _band(grad: Tensor, z: Tensor, above: float) -> Tensor:
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Σ a·b in one pass (a BLAS dot) when a and b share one dense layout, else a·b summed."""
-    dense = a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last))  # fmt: skip
-    if dense and a.stride() == b.stride():
-        # Same strides over dense storage: element k of both 1-D views is the same index.
-        flat = (a.numel(),)
-        return torch.dot(a.as_strided(flat, (1,)), b.as_strided(flat, (1,)))
-    return (a * b).sum()
+    # Same strides over dense storage: element k of both 1-D views is the same index.
+    # (flat_views leaves 0-dim tensors as they are, and dot needs 1-D.)
+    flat = flat_views(a, (a, b)) if a.dim() else None
+    return torch.dot(*flat) if flat is not None else (a * b).sum()
 
 
 class _QCFSFunction(torch.autograd.Function):

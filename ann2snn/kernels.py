@@ -31,10 +31,11 @@ def _dense(t: Tensor) -> bool:
 def flat_views(v: Tensor, args: tuple) -> tuple | None:
     """``args`` with every tensor of v's shape replaced by a 1-D view of its storage.
 
-    Elementwise kernels do not care about rank or layout as long as all operands share
-    one dense layout, and 1-D operands let one compiled graph serve conv ``[B, C, H, W]``
-    (either layout) and linear ``[B, F]`` layers. None when the layouts differ (the
-    kernel then runs on the tensors as they are).
+    Elementwise kernels (and reductions such as the QCFS backward's dot products) do not
+    care about rank or layout as long as all operands share one dense layout, and 1-D
+    operands let one compiled graph serve conv ``[B, C, H, W]`` (either layout) and
+    linear ``[B, F]`` layers. None when the layouts differ (the caller then works on the
+    tensors as they are).
     """
     if not _dense(v):
         return None
