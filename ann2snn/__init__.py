@@ -14,11 +14,11 @@ from .activations import (
     register_activation,
 )
 from .checkpoint import CheckpointError, load, load_record, save_checkpoint
-from .convert import ConversionError, SupportReport, check, convert, fold_bn
+from .conversion import ConversionError, SupportReport, check, convert, fold_bn
 from .data import DatasetNotFoundError, create_loaders, list_datasets
 from .models import create_model, list_models, register_model
 from .network import SpikingNetwork, biases_off
-from .neurons import (
+from .neuron import (
     ConsistentIF,
     GroupNeuron,
     IFNeuron,
@@ -30,8 +30,8 @@ from .neurons import (
 )
 from .noise import NoiseCalibration, calibrate_noise
 from .pooling import LIPool
-from .simulate import LayerDiff, Schedule, SimulationResult, compare, run, simulate
-from .train import PRESETS, TrainConfig, train
+from .simulation import LayerDiff, Schedule, SimulationResult, compare, run, simulate
+from .training import PRESETS, TrainConfig, train
 
 __version__ = "0.1.0"
 

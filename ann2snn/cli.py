@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     mapping = {
         "act": args.act, "levels": args.levels, "pool": args.pool, "epochs": args.epochs,
@@ -252,7 +252,7 @@ def _run_folder(path: str) -> Path:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .convert import check
+    from .conversion import check
 
     target = Path(args.target)
     if target.exists():
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "eval": _eval, "check": _check, "demo": _demo}
     from .checkpoint import CheckpointError
-    from .convert import ConversionError
+    from .conversion import ConversionError
     from .data import DatasetNotFoundError
 
     try:

@@ -90,7 +90,7 @@ def evaluate_wake_sleep(
 
 def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None, **extra: Any):
     from .checkpoint import load
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     run_dir = Path(cfg.out_dir) / name
     tc = TrainConfig(

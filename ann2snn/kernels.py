@@ -1,6 +1,6 @@
 """Neuron steps through `torch.compile`: one fused pass per step instead of several.
 
-A neuron's `kernel` (see `ann2snn.neurons`) is a chain of elementwise in-place ops. Run
+A neuron's `kernel` (see `ann2snn.neuron`) is a chain of elementwise in-place ops. Run
 eagerly each op is a pass over the layer's ``[B, ...]`` state; compiled, inductor emits
 one loop (C++ on the CPU, Triton on the GPU) for the whole step, bit-identical to the
 eager ops.

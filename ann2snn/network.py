@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .neurons import SpikingNeuron, reset
+from .neuron import SpikingNeuron, reset
 
 __all__ = ["SpikingNetwork", "biases_off", "device_of"]
 

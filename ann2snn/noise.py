@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from .activations import NoisyQCFS
-from .convert import convert
+from .conversion import convert
 from .network import device_of
-from .simulate import Schedule, _run_schedule, default_max_fold
+from .simulation import Schedule, _run_schedule, default_max_fold
 
 __all__ = ["NoiseCalibration", "calibrate_noise", "noisy_layers", "set_noise"]
 

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import convert
+from .conversion import convert
 from .network import device_of
-from .simulate import simulate
+from .simulation import simulate
 
 __all__ = [
     "ann_accuracy",

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import is_quantized_activation, relu_threshold_hint
-from .neurons import SpikingNeuron, neuron_class
+from .neuron import SpikingNeuron, neuron_class
 from .pooling import LIPool
 
 __all__ = ["check", "ConversionError", "SupportReport", "OpReport"]

@@ -36,7 +36,7 @@ from ann2snn.data import create_loaders
 from ann2snn.demo import evaluate_wake_sleep
 from ann2snn.noise import nq_epoch_hook
 from ann2snn.report import ann_accuracy, environment, evaluate_snn, write_json
-from ann2snn.train import TrainConfig, train
+from ann2snn.training import TrainConfig, train
 
 METHODS = ("qcfs", "nq", "casc", "gn", "relu")
 # Which trained ANN each row uses: QCFS+IF and QCFS+GN share one network.

@@ -22,7 +22,6 @@ same fixed batches of the library's training loader. Never imported by the packa
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import shlex
 import statistics
@@ -33,11 +32,10 @@ from typing import Any
 
 import torch
 
+import ann2snn.training as T  # noqa: E402
 from ann2snn import create_model
 from ann2snn.data import DatasetNotFoundError, create_loaders
 from ann2snn.report import environment, write_json
-
-T = importlib.import_module("ann2snn.train")  # the module, not the exported function
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -27,7 +27,6 @@ several invocations (each row records its command). Never imported by the packag
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import itertools
 import json
@@ -48,14 +47,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The training module (its helpers, beside the exported `train` function).
+import ann2snn.training as T  # noqa: E402
 from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
 from ann2snn.data import DatasetNotFoundError, InMemoryLoader, create_loaders
 from ann2snn.noise import nq_epoch_hook
 from ann2snn.report import environment, write_json
-from ann2snn.simulate import default_max_fold
-
-# The module, not the `ann2snn.train` function the package exports under the same name.
-T = importlib.import_module("ann2snn.train")
+from ann2snn.simulation import default_max_fold
 
 NQ_SIGMA = 0.25  # a: every NQ layer trains with this noise σ (typical calibrated values 0.1–0.5)
 TARGETS = {"a": ("<=", 1.15), "b": (">=", 0.95), "c": ("<=", 0.15), "e": ("<=", 0.33)}
@@ -149,7 +147,7 @@ def compare(fns: dict, device, repeats: int, warmup: dict | None = None, min_s: 
 
 def build(args, name: str, act: str, device, train: bool = True):
     """A fresh model (same initial weights for every act) and, for training, an epoch
-    function set up exactly as `ann2snn.train.train` sets up its run on ``device``."""
+    function set up exactly as `ann2snn.train` sets up its run on ``device``."""
     channels, side, classes, *_ = SHAPES[args.dataset]
     torch.manual_seed(args.seed)
     levels = args.casc_levels if act == "clipq" else args.levels

@@ -17,6 +17,6 @@ config_json, slow_from_epoch, marker, threads = sys.argv[1:]
 torch.set_num_threads(int(threads))  # same as the parent: identical float reductions
 sys.modules.update(_tiny.fake_modules(slow_from_epoch=int(slow_from_epoch), marker=marker))
 
-from ann2snn.train import TrainConfig, train  # noqa: E402
+from ann2snn.training import TrainConfig, train  # noqa: E402
 
 train(TrainConfig(**json.loads(config_json)))

@@ -23,7 +23,7 @@ from ann2snn import (
     simulate,
 )
 from ann2snn.network import biases_off
-from ann2snn.simulate import Phase, _run_schedule
+from ann2snn.simulation import Phase, _run_schedule
 
 # ============================================================================ item 13: ClipQuant
 

@@ -24,8 +24,8 @@ import torch
 
 from ann2snn.checkpoint import load_record
 from ann2snn.cli import main
-from ann2snn.neurons import compile_unavailable
-from ann2snn.train import TrainConfig, train
+from ann2snn.neuron import compile_unavailable
+from ann2snn.training import TrainConfig, train
 
 SCRIPT = Path(sys.executable).with_name("ann2snn")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "ann2snn.cli"]

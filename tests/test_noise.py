@@ -14,8 +14,8 @@ from torch import nn
 
 from ann2snn import QCFS, IFNeuron, NoisyQCFS, convert, load, load_record, simulate
 from ann2snn.noise import calibrate_noise, noisy_layers, nq_epoch_hook, set_noise
-from ann2snn.simulate import run
-from ann2snn.train import TrainConfig, train
+from ann2snn.simulation import run
+from ann2snn.training import TrainConfig, train
 
 
 def _z(n: int = 4096, lam: float = 2.0, levels: int = 4, seed: int = 0) -> torch.Tensor:

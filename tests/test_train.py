@@ -21,7 +21,7 @@ from torch import nn
 
 from ann2snn import checkpoint as ckpt
 from ann2snn._progress import ProgressBar
-from ann2snn.train import (
+from ann2snn.training import (
     PRESETS,
     TrainConfig,
     evaluate,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .network import SpikingNetwork, device_of
-from .neurons import SpikingNeuron, neuron_class
+from .neuron import SpikingNeuron, neuron_class
 from .pooling import LIPool
 from .support import (
     ConversionError,

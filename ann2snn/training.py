@@ -1,6 +1,6 @@
 """Train the source ANN: one validated dataclass in, a self-describing run folder out.
 
->>> from ann2snn.train import TrainConfig, train
+>>> from ann2snn.training import TrainConfig, train
 >>> cfg = TrainConfig.from_preset("qcfs", model="resnet20", dataset="cifar10", epochs=300)
 >>> record = train(cfg)              # writes cfg.out_dir/{last,best,resume}.*
 >>> model = ann2snn.load(cfg.out_dir)  # best epoch by validation accuracy
