@@ -1,8 +1,8 @@
 """Quantized ANN activations that convert to spiking neurons.
 
-Every quantized activation here exposes the same three facts a neuron needs
-(`threshold`, `levels`, `shift`), so any of them can be run on any neuron where
-the math allows it:
+Every quantized activation declares what it converts to through one small protocol,
+``spike_spec() -> SpikeSpec`` (threshold θ, shift, levels), so any of them can be run on
+any neuron where the math allows it, and a user's own activation plugs in the same way:
 
 * ``QCFS``      h(z) = λ/L · clip(floor(z·L/λ + ½), 0, L)            (Bu et al., 2022)
 * ``NoisyQCFS`` QCFS minus σ·ε during training only                  (Huang et al., 2024)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ __all__ = [
     "QCFS",
     "NoisyQCFS",
     "ClipQuant",
+    "SpikeSpec",
     "floor_ste",
     "create_activation",
     "register_activation",
@@ -36,6 +38,33 @@ __all__ = [
 # Smallest normal fp32 number: a floor for λ that needs no dtype lookup (so the
 # property stays traceable by torch.fx, where dtypes are proxies).
 _TINY = 1.1754943508222875e-38
+
+
+@dataclass(frozen=True)
+class SpikeSpec:
+    """What a quantized activation converts to (the conversion protocol).
+
+    An activation module is *quantized* (converts without calibration data) when it has a
+    method ``spike_spec() -> SpikeSpec``. A neuron replacing it gets θ = ``threshold`` and
+    v(0) = ``shift``·θ (per member quantum for group neurons); ``levels`` (L, or None
+    when the activation has no fixed number of levels) is the group neurons' default τ.
+    An activation that can also take a threshold from data (`ann2snn.prepare`'s
+    calibration) has a ``set_threshold(value)`` method.
+    """
+
+    threshold: Tensor  # 0-dim fp32 λ, detached
+    shift: float = 0.5
+    levels: int | None = None
+
+    def __post_init__(self) -> None:
+        theta = torch.as_tensor(self.threshold, dtype=torch.float32).detach().clone()
+        if theta.numel() != 1 or not bool(theta > 0) or not bool(theta.isfinite()):
+            raise ValueError(f"SpikeSpec.threshold must be a positive finite scalar, got {theta}")
+        object.__setattr__(self, "threshold", theta.reshape(()))
+        if not math.isfinite(self.shift):
+            raise ValueError(f"SpikeSpec.shift must be finite, got {self.shift!r}")
+        if self.levels is not None and (int(self.levels) != self.levels or self.levels < 1):
+            raise ValueError(f"SpikeSpec.levels must be a positive integer, got {self.levels!r}")
 
 
 def floor_ste(x: Tensor) -> Tensor:
@@ -191,6 +220,10 @@ class QCFS(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return self.quantize(z)
 
+    def spike_spec(self) -> SpikeSpec:
+        """θ = λ, v(0) = shift·λ, τ defaults to L."""
+        return SpikeSpec(self.threshold.detach(), self.shift, self.levels)
+
     def extra_repr(self) -> str:
         return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}, shift={self.shift}"
 
@@ -286,13 +319,18 @@ class ClipQuant(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return _ClipFloorSTE.apply(z, self.levels)
 
+    def spike_spec(self) -> SpikeSpec:
+        """θ = 1 (the range is fixed; the BatchNorm before learns the scale), no shift."""
+        return SpikeSpec(self._threshold, 0.0, self.levels)
+
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
 
 
 def is_quantized_activation(module: nn.Module) -> bool:
-    """True for modules that carry ``threshold``, ``levels`` and ``shift`` (QCFS, NQ, ClipQuant)."""
-    return isinstance(module, QCFS | ClipQuant)
+    """True for activation modules that declare a `SpikeSpec` (``spike_spec()``): QCFS,
+    NQ, ClipQuant and any registered user activation that implements the protocol."""
+    return isinstance(module, nn.Module) and callable(getattr(module, "spike_spec", None))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -344,12 +382,3 @@ def create_activation(name: str, levels: int = 4, **kwargs) -> nn.Module:
             f"unknown activation {name!r}; choose one of {', '.join(list_activations())}"
         ) from None
     return factory(levels=levels, **kwargs)
-
-
-def relu_threshold_hint(module: nn.Module) -> float | None:
-    """Fixed clip value of clamp-style ReLUs (ReLU6, Hardtanh(0, c)), else None."""
-    if isinstance(module, nn.ReLU6):
-        return 6.0
-    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0:
-        return float(module.max_val)
-    return None

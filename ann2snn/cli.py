@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .activations import list_activations
+from .neuron import list_neurons
+from .recipes import PRESETS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -36,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True, help="fashion-mnist, cifar10, cifar100, imagenet")
     t.add_argument(
         "--preset",
-        choices=["qcfs", "nq", "casc", "gn"],
+        choices=sorted(PRESETS),
         help="a paper's recipe (flags override it)",
     )
-    t.add_argument("--act", help="activation: relu, qcfs, nq, clipq")
+    t.add_argument("--act", choices=list_activations(), help="the ANN's activation")
     t.add_argument("--levels", type=int, help="quantization levels L (Q for clipq)")
     t.add_argument("--pool", choices=["avg", "max"])
     t.add_argument("--epochs", type=int)
@@ -66,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="convert a checkpoint and simulate the SNN over T",
                        description="Convert a trained checkpoint and report SNN accuracy per time step.")  # fmt: skip
     e.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
-    e.add_argument("--neuron", default="if", choices=["if", "gn", "cif"])
+    e.add_argument("--neuron", default="if", choices=list_neurons())
     e.add_argument(
         "--T",
         type=_steps_arg,
@@ -107,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="support report: every op as supported or unsupported",
                        description="List every op of a model and whether it converts.")  # fmt: skip
     c.add_argument("target", help="a run folder/checkpoint, or a model name (cnn, vgg16, ...)")
-    c.add_argument("--neuron", default="if", choices=["if", "gn", "cif"])
-    c.add_argument("--act", default="qcfs")
+    c.add_argument("--neuron", default="if", choices=list_neurons())
+    c.add_argument("--act", default="qcfs", choices=list_activations())
     c.add_argument("--pool", default="avg", choices=["avg", "max"])
     c.add_argument("--json", action="store_true")
 
@@ -194,18 +198,21 @@ def _eval(args: argparse.Namespace) -> int:
     progress = not args.no_progress and not (args.json or args.csv)
     ann_acc = ann_accuracy(model, loaders.test)
     options: dict[str, Any] = {}
-    if args.neuron == "gn":
-        options["tau"] = args.tau or mk.get("levels") or record.get("levels")
+    if args.tau is not None:
+        options["tau"] = args.tau
+    elif args.neuron == "gn":  # the label names τ; GN's default is the ANN's L
+        options["tau"] = mk.get("levels") or record.get("levels")
     if args.compile_neurons:
         options["compiled"] = True
     calibration = loaders.val if mk.get("act", record.get("activation")) == "relu" else None
     label = f"{mk.get('act', '?')}+{args.neuron}" + (
         f" (tau={options['tau']})" if "tau" in options else ""
     )
-    if args.neuron == "cif" and args.sleep and args.margin is None and len(steps) > 1:
+    if args.sleep and args.margin is None and len(steps) > 1:
         row = evaluate_wake_sleep(
-            model, loaders.test, steps, args.sleep, progress, label=label, **options
-        )
+            model, loaders.test, steps, args.sleep, progress, label=label, neuron=args.neuron,
+            **options,
+        )  # fmt: skip
     else:
         row = evaluate_snn(model, loaders.test, args.neuron, T=max(steps), sleep=args.sleep, margin=args.margin,
                            dtype=_dtype(args.dtype), progress=progress, label=label, calibration=calibration,

@@ -68,14 +68,17 @@ def evaluate_wake_sleep(
     sleep: int,
     progress: bool = True,
     label: str = "CASC",
+    neuron: str = "cif",
     **convert_options: Any,
 ) -> dict[str, Any]:
-    """CIF + wake-sleep: one run per T (T wake steps, then ``sleep`` input-free steps);
+    """Wake-sleep (CASC): one run per T (T wake steps, then ``sleep`` input-free steps);
     ``convert_options`` go to `convert` (e.g. ``compiled=True``)."""
-    row: dict[str, Any] = {"label": label, "neuron": "cif", "sleep": sleep, "accuracy_by_wake": {},
+    row: dict[str, Any] = {"label": label, "neuron": neuron, "sleep": sleep, "accuracy_by_wake": {},
                            "total_steps_by_wake": {}, "wall_time": 0.0}  # fmt: skip
     for t in steps:
-        r = evaluate_snn(model, data, "cif", T=t, sleep=sleep, progress=progress, **convert_options)
+        r = evaluate_snn(
+            model, data, neuron, T=t, sleep=sleep, progress=progress, **convert_options
+        )
         row["accuracy_by_wake"][str(t)] = r["accuracy_by_wake"][str(t)]
         row["total_steps_by_wake"][str(t)] = t + sleep
         row["wall_time"] += r["wall_time"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .neuron import SpikingNeuron, reset
+from .neuron import SpikingNeuron, is_stateful_module, reset
 
 __all__ = ["SpikingNetwork", "biases_off", "device_of"]
 
@@ -33,9 +33,7 @@ def device_of(module: nn.Module) -> torch.device:
 
 
 def _stateful(net: nn.Module) -> list[nn.Module]:
-    return [
-        m for m in net.modules() if isinstance(m, SpikingNeuron) or getattr(m, "is_stateful", False)
-    ]
+    return [m for m in net.modules() if is_stateful_module(m)]
 
 
 class SpikingNetwork(nn.Module):

@@ -38,19 +38,22 @@ __all__ = [
     "neurons",
     "create_neuron",
     "list_neurons",
+    "register_neuron",
+    "neuron_class",
+    "is_stateful_module",
     "compile_unavailable",
 ]
 
 
-def _activation_facts(act: nn.Module) -> tuple[Tensor, float, int | None]:
-    """(threshold, shift, levels) of a quantized activation (QCFS, NQ, ClipQuant)."""
-    if not hasattr(act, "threshold") or not hasattr(act, "shift"):
+def _spec_of(act: nn.Module):
+    """The `ann2snn.SpikeSpec` a quantized activation declares (θ, shift, levels)."""
+    spec = getattr(act, "spike_spec", None)
+    if not callable(spec):
         raise TypeError(
-            f"{type(act).__name__} carries no threshold/shift; build the neuron with "
-            "from_threshold(theta) or convert with a calibration loader"
+            f"{type(act).__name__} declares no spike_spec(); build the neuron with "
+            "from_threshold(theta), or convert with a calibration loader"
         )
-    theta = torch.as_tensor(act.threshold).detach().float().clone()
-    return theta, float(act.shift), getattr(act, "levels", None)
+    return spec()
 
 
 class SpikingNeuron(nn.Module):
@@ -72,6 +75,9 @@ class SpikingNeuron(nn.Module):
 
     #: Whether a network of these neurons can express max-pooling (see `ann2snn.LIPool`).
     allows_maxpool: bool = False
+    #: Whether `ann2snn.convert` folds BatchNorm into the layer before by default (neurons
+    #: that run input-free sleep steps need it: the sleep phase zeroes every bias).
+    folds_batchnorm: bool = False
 
     def __init__(
         self,
@@ -107,9 +113,9 @@ class SpikingNeuron(nn.Module):
     @classmethod
     def from_activation(cls, act: nn.Module, **kwargs) -> SpikingNeuron:
         """Neuron replacing a trained quantized activation: θ = λ, v(0) = shift·θ."""
-        theta, shift, _ = _activation_facts(act)
-        kwargs.setdefault("v_init", shift)
-        return cls(theta, **kwargs)
+        spec = _spec_of(act)
+        kwargs.setdefault("v_init", spec.shift)
+        return cls(spec.threshold, **kwargs)
 
     @classmethod
     def from_threshold(cls, threshold: float | Tensor, **kwargs) -> SpikingNeuron:
@@ -262,9 +268,9 @@ class GroupNeuron(SpikingNeuron):
     @classmethod
     def from_activation(cls, act: nn.Module, tau: int | None = None, **kwargs) -> GroupNeuron:
         """θ = λ, v(0) = shift·θ/τ, τ defaults to the activation's levels L."""
-        theta, shift, levels = _activation_facts(act)
-        kwargs.setdefault("v_init", shift)
-        return cls(theta, tau=tau or levels or 4, **kwargs)
+        spec = _spec_of(act)
+        kwargs.setdefault("v_init", spec.shift)
+        return cls(spec.threshold, tau=tau or spec.levels or 4, **kwargs)
 
     @property
     def quantum(self) -> Tensor:
@@ -321,6 +327,7 @@ class ConsistentIF(SpikingNeuron):
     """
 
     allows_maxpool = True
+    folds_batchnorm = True
 
     def __init__(
         self,
@@ -396,11 +403,37 @@ class ConsistentIF(SpikingNeuron):
 
 # ----------------------------------------------------------------------------- registry
 
-_NEURONS: dict[str, type[SpikingNeuron]] = {
-    "if": IFNeuron,
-    "gn": GroupNeuron,
-    "cif": ConsistentIF,
-}
+_NEURONS: dict[str, type[SpikingNeuron]] = {}
+
+
+def register_neuron(name: str):
+    """Class decorator: make a `SpikingNeuron` subclass available as ``neuron=name`` in
+    `ann2snn.convert`, `create_neuron` and the CLI.
+
+    >>> @ann2snn.register_neuron("my_if")
+    ... class MyIF(ann2snn.IFNeuron): ...
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_neuron: name must be a non-empty string, got {name!r}")
+
+    def deco(cls: type[SpikingNeuron]) -> type[SpikingNeuron]:
+        if not (isinstance(cls, type) and issubclass(cls, SpikingNeuron)):
+            raise TypeError(
+                f"register_neuron({name!r}): {cls!r} is not a subclass of ann2snn.SpikingNeuron"
+            )
+        if _NEURONS.get(name, cls) is not cls:
+            raise ValueError(
+                f"register_neuron: {name!r} is already registered to {_NEURONS[name].__name__}"
+            )
+        _NEURONS[name] = cls
+        return cls
+
+    return deco
+
+
+register_neuron("if")(IFNeuron)
+register_neuron("gn")(GroupNeuron)
+register_neuron("cif")(ConsistentIF)
 
 
 def list_neurons() -> list[str]:
@@ -412,9 +445,10 @@ def neuron_class(name: str) -> type[SpikingNeuron]:
     """The neuron class registered under ``name``."""
     try:
         return _NEURONS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(
-            f"unknown neuron {name!r}; choose one of {', '.join(list_neurons())}"
+            f"unknown neuron {name!r}; choose one of {', '.join(list_neurons())} "
+            "(or register your own with ann2snn.register_neuron)"
         ) from None
 
 
@@ -435,9 +469,15 @@ def neurons(net: nn.Module) -> Iterator[tuple[str, SpikingNeuron]]:
             yield name, m
 
 
+def is_stateful_module(m: nn.Module) -> bool:
+    """Spiking neurons and other modules with state across steps (``is_stateful = True``,
+    e.g. `ann2snn.LIPool`): what `reset` resets and graph capture keeps as one node."""
+    return isinstance(m, SpikingNeuron) or bool(getattr(m, "is_stateful", False))
+
+
 def reset(net: nn.Module) -> nn.Module:
     """Reset the state of every stateful module in ``net`` (neurons, spiking pools)."""
     for m in net.modules():
-        if isinstance(m, SpikingNeuron) or getattr(m, "is_stateful", False):
+        if is_stateful_module(m):
             m.reset()
     return net

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +20,6 @@ import ann2snn
 from ann2snn import (
     QCFS,
     ConversionError,
-    GroupNeuron,
     IFNeuron,
     SpikingNetwork,
     check,
@@ -276,41 +273,27 @@ class Untraceable(nn.Module):
         return self.out(self.gate(self.q(self.fc0(x))))
 
 
-def test_untraceable_model_falls_back_to_module_walk_with_named_warning():
-    torch.manual_seed(2)
+def test_untraceable_model_is_reported_not_traceable_and_refused_by_name():
+    """A model whose graph cannot be captured is never "supported": a module walk would
+    miss functional ops inside forward and could keep an ANN nonlinearity silently."""
     model = Untraceable(nn.ReLU()).eval()
     sig = model_signature(model)
     report = check(model)
-    assert not report.traced and report.ok
-    assert any("gate" in note for note in report.notes)
-    with pytest.warns(UserWarning, match="'gate'"):
-        snn = convert(model, calibration=torch.randn(100, 4))
-    assert snn.layers == ["q", "gate.act"]
-    assert snn.config["traced"] is False
-    assert isinstance(snn.body.q, IFNeuron) and isinstance(snn.body.gate.act, IFNeuron)
-    assert float(snn.body.q.threshold) == 1.5
+    assert not report.traced and not report.ok
+    assert "not traceable" in report.notes[0] and "'gate'" in report.notes[0]
+    assert str(report).endswith("not traceable")
+    # The leaf modules are still listed, so the user sees what else would need work.
+    assert [o.name for o in report.ops] == ["fc0", "q", "gate.fc", "gate.act", "out"]
+    with pytest.raises(ConversionError, match=r"cannot convert: not traceable.*'gate'"):
+        convert(model, calibration=torch.randn(100, 4))
     assert_unchanged(model, sig)
-    out = run(snn, torch.randn(5, 4), 8)
-    assert out.shape == (5, 3)
 
 
-def test_untraceable_qcfs_model_converts_exactly_with_gn():
-    torch.manual_seed(3)
-    model = Untraceable(QCFS(4, 0.8)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        snn = convert(model, "gn")
-    assert snn.layers == ["q", "gate.act"]
-    assert all(isinstance(n, GroupNeuron) for _, n in snn.spiking_layers())
-    x = torch.randn(32, 4)
-    with torch.no_grad():
-        assert torch.allclose(run(snn, x, 1), model(x), atol=1e-5)
-
-
-def test_untraceable_model_with_unsupported_leaf_is_rejected():
-    model = Untraceable(nn.GELU())
-    with pytest.raises(ConversionError, match=r"GELU at gate\.act"):
-        convert(model)
+def test_untraceable_model_with_unsupported_leaf_lists_it():
+    report = check(Untraceable(nn.GELU()))
+    assert [o.name for o in report.unsupported] == ["gate.act"]
+    with pytest.raises(ConversionError, match="not traceable"):
+        convert(Untraceable(nn.GELU()))
 
 
 # --------------------------------------------------------------------------- shared modules
