@@ -9,10 +9,12 @@ from .activations import (
     QCFS,
     ClipQuant,
     NoisyQCFS,
+    SpikeSpec,
     create_activation,
     list_activations,
     register_activation,
 )
+from .calibration import init_thresholds
 from .checkpoint import CheckpointError, load, load_record, save_checkpoint
 from .conversion import ConversionError, SupportReport, check, convert, fold_bn
 from .data import DatasetNotFoundError, create_loaders, list_datasets
@@ -26,16 +28,27 @@ from .neuron import (
     create_neuron,
     list_neurons,
     neurons,
+    register_neuron,
     reset,
 )
 from .noise import NoiseCalibration, calibrate_noise
+from .passes import PASSES, PassContext, conversion_passes
 from .pooling import LIPool
+from .preparation import is_prepared, prepare
 from .simulation import LayerDiff, Schedule, SimulationResult, compare, run, simulate
 from .training import PRESETS, TrainConfig, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "prepare",
+    "is_prepared",
+    "init_thresholds",
+    "SpikeSpec",
+    "register_neuron",
+    "PASSES",
+    "PassContext",
+    "conversion_passes",
     "QCFS",
     "NoisyQCFS",
     "ClipQuant",
