@@ -24,6 +24,7 @@ pointing at half-written weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -41,6 +42,9 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
+from .models import create_model
+from .preparation import prepare
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -55,6 +59,8 @@ __all__ = [
     "save_resume_state",
     "load_resume_state",
     "atomic_write",
+    "json_safe",
+    "sha256_file",
 ]
 
 FORMAT = "ann2snn-checkpoint"
@@ -112,6 +118,15 @@ def _commit(pairs: list[tuple[Path, Path]]) -> None:
             os.close(dir_fd)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (temp file, flush + fsync, `os.replace`)."""
     path = Path(path)
@@ -128,7 +143,7 @@ def _write_pair(run_dir: Path, tag: str, weights: bytes, record: dict) -> Path:
     json_path = run_dir / f"{tag}.json"
     record = dict(record, weights_file=weights_path.name)
     record["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    # NaN is kept only in resume skeletons (exact round trip); `_plain` removed it from records.
+    # NaN is kept only in resume skeletons (exact round trip); `json_safe` removed it from records.
     text = json.dumps(record, indent=2)
     staged_weights = _stage(weights_path, weights)
     try:
@@ -161,13 +176,13 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _plain(obj: Any, where: str = "record") -> Any:
+def json_safe(obj: Any, where: str = "record") -> Any:
     """Turn a record into strict JSON values: tuples → lists, 0-d tensors/numpy scalars →
     numbers, paths → str, NaN/inf → None (so tools such as jq can read every record)."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {str(k): json_safe(v, f"{where}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [json_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, bool | int | str) or obj is None:
         return obj
     if isinstance(obj, float):
@@ -175,9 +190,9 @@ def _plain(obj: Any, where: str = "record") -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if isinstance(obj, Tensor) and obj.numel() == 1:
-        return _plain(obj.item(), where)
+        return json_safe(obj.item(), where)
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
-        return _plain(obj.item(), where)
+        return json_safe(obj.item(), where)
     raise TypeError(
         f"{where} has a value of type {type(obj).__name__} that JSON cannot hold; "
         "store numbers, strings, lists or dicts in checkpoint records"
@@ -226,7 +241,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     full = {"format": FORMAT, "format_version": FORMAT_VERSION}
-    full.update(_plain(record))
+    full.update(json_safe(record))
     full.setdefault("versions", _versions())
     full["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     weights = _state_to_bytes(model.state_dict(), f"{type(model).__name__}.state_dict()")
@@ -394,33 +409,63 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    model: nn.Module | None = None,
+) -> nn.Module:
     """Rebuild a trained model from a checkpoint.
 
     Args:
         path: a run folder (picks ``best.json``, else ``last.json``), a ``.json`` record or
             a ``.safetensors`` weights file with its record next to it.
         map_location: device for the returned model.
+        model: the architecture, for runs whose builder `load` cannot import (a model
+            passed to ``ann2snn.train(cfg, model=...)``): the module as it was given to
+            `train` (it is prepared as the record says, on a copy).
 
     Returns:
-        ``ann2snn.models.create_model(record["model"], **record["model_kwargs"])`` with the
+        ``ann2snn.models.create_model(record["model"], **record["model_kwargs"])`` (zoo
+        models, ``torchvision:NAME``, ``timm:NAME``, ``package.module:function``) with the
         verified weights loaded strictly, in eval mode, in the memory format it was
         trained in (channels_last if the record's runtime says so: its evaluation and
         simulation then run in that layout, which is faster on CPUs and GPUs alike), with
         the record attached as ``model.ann2snn_record``.
 
     Raises:
-        CheckpointError: missing/damaged files, hash mismatch, or weights that do not fit.
+        CheckpointError: missing/damaged files, hash mismatch, weights that do not fit, or
+            a model that cannot be rebuilt from the record.
     """
-    from ann2snn.models import create_model  # lazy: keeps this module light to import
-
     json_path, record, state = _read_checkpoint(path)
-    model = create_model(record["model"], **record["model_kwargs"])
-    _load_strict(model, state, json_path.parent / record["weights_file"])
-    model.ann2snn_record = record
+    prep = record.get("prepare")
+    if prep is not None and not isinstance(prep, dict):
+        raise CheckpointError(f"{json_path}: field 'prepare' must be an object, got {type(prep).__name__}")  # fmt: skip
+    if model is not None:
+        if prep:
+            try:
+                kw = dict(prep)
+                net = prepare(model, **{k: kw.pop(k) for k in ("act", "levels", "pool")},
+                              **kw.pop("act_kwargs", {}), **kw)  # fmt: skip
+            except (KeyError, TypeError) as e:
+                raise CheckpointError(f"{json_path}: field 'prepare' is malformed ({e})") from None
+        else:
+            net = copy.deepcopy(model)
+    else:
+        try:
+            net = create_model(record["model"], **record["model_kwargs"])
+        except (ValueError, TypeError) as e:
+            hint = (
+                "; pass the architecture: ann2snn.load(path, model=...)"
+                if prep is not None or "unknown model" in str(e)
+                else ""
+            )
+            raise CheckpointError(f"{json_path}: cannot rebuild the model: {e}{hint}") from None
+    _load_strict(net, state, json_path.parent / record["weights_file"])
+    net.ann2snn_record = record
     if (record.get("runtime") or {}).get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    return model.to(map_location).eval()
+        net = net.to(memory_format=torch.channels_last)
+    return net.to(map_location).eval()
 
 
 # ----------------------------------------------------------------------------- resume state

@@ -36,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
                        description="Train a source ANN; checkpoints every epoch into --out.")  # fmt: skip
-    t.add_argument("--model", required=True, help="cnn, vgg16, resnet18, resnet20, resnet34")
+    t.add_argument(
+        "--model",
+        required=True,
+        help="a zoo model (cnn, vgg16, resnet18, resnet20, resnet34), torchvision:NAME, "
+        "timm:NAME or package.module:function (prepared with --act/--levels/--pool)",
+    )
+    t.add_argument(
+        "--init",
+        help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from",
+    )
     t.add_argument("--dataset", required=True, help="fashion-mnist, cifar10, cifar100, imagenet")
     t.add_argument(
         "--preset",
@@ -139,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
         "seed": args.seed, "device": args.device, "data_dir": args.data_dir, "out_dir": args.out,
         "limit_train": args.limit_train, "limit_test": args.limit_test,
-        "autoaugment": args.autoaugment, "cutout": args.cutout,
+        "autoaugment": args.autoaugment, "cutout": args.cutout, "init": args.init,
     }  # fmt: skip
     overrides = {k: v for k, v in mapping.items() if v is not None}
     overrides.update(

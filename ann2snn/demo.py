@@ -19,7 +19,7 @@ from typing import Any
 
 from .report import ann_accuracy, environment, evaluate_snn, format_table, write_report
 
-__all__ = ["DemoConfig", "run_demo", "evaluate_wake_sleep"]
+__all__ = ["DemoConfig", "run_demo", "evaluate_wake_sleep", "report_steps"]
 
 
 @dataclass
@@ -52,7 +52,7 @@ class DemoConfig:
             raise ValueError("T and epochs must be >= 1")
 
 
-def _steps(T: int) -> list[int]:
+def report_steps(T: int) -> list[int]:
     """1, 2, 4, … up to T (and T itself)."""
     out, t = [], 1
     while t < T:
@@ -120,7 +120,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         device=None if cfg.device == "auto" else cfg.device,
     )  # fmt: skip
     test = loaders.test
-    steps = _steps(cfg.T)
+    steps = report_steps(cfg.T)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
 

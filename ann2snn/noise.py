@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .activations import NoisyQCFS
 from .conversion import convert
 from .network import device_of
-from .simulation import Schedule, _run_schedule, default_max_fold
+from .simulation import Schedule, default_max_fold, run_schedule
 
 __all__ = ["NoiseCalibration", "calibrate_noise", "noisy_layers", "set_noise"]
 
@@ -116,7 +116,7 @@ def calibrate_noise(
         snn.reset()
         for _, n in layers:
             n.record = True
-        chunks = _run_schedule(snn, x, Schedule(steps), default_max_fold(dev))
+        chunks = run_schedule(snn, x, Schedule(steps), default_max_fold(dev))
         out = sum(o.float().sum(0) for o in chunks)  # [B, classes]
         for name, n in layers:
             gap = acts[name] - n.recorded.float() / steps

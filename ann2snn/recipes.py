@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["TrainConfig", "PRESETS"]
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES"]
 
 #: Named training recipes (methods.md §1.4, §2.4, §3.5, §4.5). Data, not code paths:
 #: `TrainConfig.from_preset(name, model=..., dataset=..., **overrides)` applies one.
@@ -88,7 +89,7 @@ _COMPILE_CHOICES = (
 
 # Recipe fields that may differ between an interrupted run and its resumption: they
 # change where or how verbosely the run executes, not what it computes.
-_RESUMABLE_CHANGES = {
+RESUMABLE_CHANGES = {
     "resume",
     "progress",
     "device",
@@ -106,6 +107,10 @@ class TrainConfig:
     ``out_dir`` defaults to ``runs/<dataset>-<model>-<act>-L<levels>``. ``amp``: "auto"
     (bf16 autocast on CUDA, off elsewhere), "bf16" or "off". ``channels_last``: "auto"
     (on: NHWC convolutions are faster on CUDA and on CPUs alike) or a bool. ``act_kwargs`` go to the activation (e.g. ``init_threshold``).
+    ``model``: a zoo name, ``torchvision:NAME``, ``timm:NAME`` or
+    ``package.module:function`` (prepared with ``act``/``levels``/``pool``). ``init``: a
+    weights file (safetensors or a torch state dict) loaded by name before training, for
+    fine-tuning a pretrained ANN; each λ then starts at its ReLU's 99.9th percentile.
     ``resume=True`` continues an interrupted run in ``out_dir`` (or starts it if empty).
     """
 
@@ -135,6 +140,7 @@ class TrainConfig:
     autoaugment: bool = False
     cutout: int = 0
     act_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     progress: bool = True
     resume: bool = False
 
@@ -199,8 +205,13 @@ class TrainConfig:
         positive_int("cutout", allow_zero=True)
         if not isinstance(self.act_kwargs, dict):
             fail(f"act_kwargs must be a dict, got {type(self.act_kwargs).__name__}")
+        if self.init is not None:
+            if not isinstance(self.init, str | os.PathLike) or not os.path.isfile(self.init):
+                fail(f"init must be a weights file (.safetensors, .pth, .pt), got {self.init!r}")
+            self.init = str(self.init)
         if self.out_dir is None:
-            self.out_dir = f"runs/{self.dataset}-{self.model}-{self.act}-L{self.levels}"
+            name = self.model.replace(":", "-").replace("/", "-")
+            self.out_dir = f"runs/{self.dataset}-{name}-{self.act}-L{self.levels}"
         self.out_dir = str(self.out_dir)
 
     @classmethod

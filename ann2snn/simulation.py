@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from .network import SpikingNetwork, device_of
 
-__all__ = ["Schedule", "Phase", "SimulationResult", "LayerDiff", "simulate", "run", "compare"]
+__all__ = ["Schedule", "Phase", "SimulationResult", "LayerDiff", "simulate", "run", "compare",
+           "run_schedule", "default_max_fold"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _chunk_steps(batch: int, max_fold: int) -> int:
     return max(1, max_fold // max(batch, 1))
 
 
-def _run_schedule(
+def run_schedule(
     snn: SpikingNetwork, x: Tensor, schedule: Schedule, max_fold: int
 ) -> Iterator[Tensor]:
     """Yield the network's per-step outputs ``[n, B, out...]`` chunk by chunk."""
@@ -170,7 +171,7 @@ def run(
     device = device_of(snn)
     x = x.to(device)
     total = None
-    for out in _run_schedule(snn, x, schedule, max_fold or default_max_fold(device)):
+    for out in run_schedule(snn, x, schedule, max_fold or default_max_fold(device)):
         s = out.float().sum(0)
         total = s if total is None else total + s
     snn.reset()
@@ -221,7 +222,7 @@ def simulate(
         snn.reset()
         acc_out, i = None, 0
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            for out in _run_schedule(snn, x, schedule, max_fold):
+            for out in run_schedule(snn, x, schedule, max_fold):
                 # [n, B, C] → running sums after each of the n steps.
                 cum = out.float().cumsum(0)
                 if acc_out is not None:
@@ -304,7 +305,7 @@ def compare(
         # One run of the schedule: accumulate the output, and each neuron its emitted sum.
         total = sum(
             out.float().sum(0)
-            for out in _run_schedule(snn, x, Schedule(T, sleep, margin), default_max_fold(device))
+            for out in run_schedule(snn, x, Schedule(T, sleep, margin), default_max_fold(device))
         )
         snn_out = total / T
         rates = {name: n.recorded.float() / T for name, n in layers}

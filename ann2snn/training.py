@@ -22,7 +22,7 @@ and ends exactly where an uninterrupted run ends (bit for bit on CPU).
 
 from __future__ import annotations
 
-import importlib
+import copy
 import math
 import random
 import sys
@@ -38,9 +38,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._progress import ProgressBar
-from .checkpoint import RESUME_TAG, _plain, load_resume_state, save_checkpoint, save_resume_state
+from .activations import is_quantized_activation
+from .calibration import init_thresholds
+from .checkpoint import (
+    RESUME_TAG,
+    json_safe,
+    load_resume_state,
+    save_checkpoint,
+    save_resume_state,
+    sha256_file,
+)
+from .data import create_loaders
+from .models import create_model
+from .models.external import load_pretrained
 from .network import device_of
-from .recipes import _RESUMABLE_CHANGES, PRESETS, TrainConfig
+from .preparation import is_prepared, prepare
+from .recipes import PRESETS, RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
     "TrainConfig",
@@ -328,7 +341,7 @@ def _has_run(run_dir: Path) -> bool:
 
 
 def _plain_recipe(config: TrainConfig) -> dict[str, Any]:
-    return _plain(asdict(config))
+    return json_safe(asdict(config))
 
 
 def _check_resumable(config: TrainConfig, saved: Mapping[str, Any], run_dir: Path) -> None:
@@ -336,7 +349,7 @@ def _check_resumable(config: TrainConfig, saved: Mapping[str, Any], run_dir: Pat
     changed = sorted(
         k
         for k in set(now) | set(saved)
-        if k not in _RESUMABLE_CHANGES and now.get(k) != saved.get(k)
+        if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k)
     )
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in changed)
@@ -350,11 +363,75 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None) -> dict:
+_LOADER_FIELDS = ("train", "val", "test", "num_classes", "in_channels", "image_size", "name")
+
+
+def _check_loaders(loaders: Any) -> None:
+    missing = [f for f in _LOADER_FIELDS if not hasattr(loaders, f)]
+    if missing:
+        raise TypeError(
+            f"loaders: {type(loaders).__name__} lacks {', '.join(missing)}; pass an "
+            "ann2snn.data.Loaders (or an object with the same fields)"
+        )
+
+
+def _source_model(
+    config: TrainConfig, model: nn.Module | None, loaders: Any
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """(the model to train, the record's model_kwargs, the record's prepare arguments)."""
+    if model is None:
+        model_kwargs = dict(
+            num_classes=loaders.num_classes,
+            in_channels=loaders.in_channels,
+            act=config.act,
+            levels=config.levels,
+            pool=config.pool,
+            image_size=loaders.image_size,
+            **config.act_kwargs,
+        )
+        return create_model(config.model, **model_kwargs), model_kwargs, None
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if is_prepared(model) or any(is_quantized_activation(m) for m in model.modules()):
+        return copy.deepcopy(model), {}, None  # already quantized: trained as it is
+    args = {"act": config.act, "levels": config.levels, "pool": config.pool,
+            "act_kwargs": dict(config.act_kwargs)}  # fmt: skip
+    flat = {k: v for k, v in args.items() if k != "act_kwargs"}
+    return prepare(model, **flat, **config.act_kwargs), {}, args
+
+
+def _initialise(model: nn.Module, config: TrainConfig, loaders: Any, log: Any) -> dict[str, Any]:
+    """``config.init``: load pretrained weights, then start each λ at the 99.9th percentile
+    of its ReLU on the validation split (a pretrained net's scale, not the default)."""
+    report = load_pretrained(model, config.init)
+    if log is not None:
+        print(f"init: {report.summary()}", file=log)
+    data = loaders.val if loaders.val is not None and _len(loaders.val) else loaders.train
+    calibrated = init_thresholds(model, data, batches=10)
+    model.load_state_dict(calibrated.state_dict())
+    return {
+        "path": str(config.init),
+        "sha256": sha256_file(config.init),
+        "loaded": len(report["loaded"]),
+        "adapted": report["adapted"],
+        "skipped": report["skipped"],
+        "thresholds": "99.9th percentile of each ReLU on 10 validation batches",
+    }
+
+
+def train(
+    config: TrainConfig,
+    hooks: Any = None,
+    *,
+    resume: bool | None = None,
+    model: nn.Module | None = None,
+    loaders: Any = None,
+) -> dict:
     """Train ``config.model`` on ``config.dataset``; checkpoint every epoch into ``out_dir``.
 
     Args:
-        config: the run's recipe (`TrainConfig`).
+        config: the run's recipe (`TrainConfig`). ``config.model`` is a zoo name,
+            ``torchvision:NAME``, ``timm:NAME`` or ``package.module:function``.
         hooks: None, or a mapping/object with ``on_epoch_end(model, epoch, loaders, record)``
             called after each epoch's evaluation and BEFORE that epoch's checkpoint is
             written (``epoch`` = number of completed epochs). A returned dict is merged into
@@ -363,6 +440,12 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
         resume: overrides ``config.resume``. When true, continue from the last complete
             epoch in ``out_dir`` with the saved optimizer, scheduler and RNG states (a fresh
             run if the folder has no checkpoint).
+        model: your own module instead of building ``config.model`` (never modified: a
+            copy is trained). A model without quantized activations is `prepare`d with
+            ``config.act``/``levels``/``pool``/``act_kwargs``; ``config.model`` is then
+            only its name in the record, and ``ann2snn.load(out_dir, model=...)`` rebuilds it.
+        loaders: your own data (an `ann2snn.data.Loaders` or an object with its fields)
+            instead of ``create_loaders(config.dataset, ...)``.
 
     Returns:
         The record of the last epoch (as saved in ``last.json``).
@@ -387,33 +470,27 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
         saved = load_resume_state(run_dir)
         _check_resumable(config, saved["record"]["recipe"], run_dir)
 
-    create_loaders = importlib.import_module("ann2snn.data").create_loaders
-    create_model = importlib.import_module("ann2snn.models").create_model
     device = _resolve_runtime(config)[0]  # the loaders need it before the model exists
     seed_everything(config.seed)
-    loaders = create_loaders(
-        config.dataset,
-        data_dir=config.data_dir,
-        batch_size=config.batch_size,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        num_workers=config.num_workers,
-        device=device,
-        autoaugment=config.autoaugment,
-        cutout=config.cutout,
-        limit_train=config.limit_train,
-        limit_test=config.limit_test,
-    )
-    model_kwargs = dict(
-        num_classes=loaders.num_classes,
-        in_channels=loaders.in_channels,
-        act=config.act,
-        levels=config.levels,
-        pool=config.pool,
-        image_size=loaders.image_size,
-        **config.act_kwargs,
-    )
-    setup = prepare_training(create_model(config.model, **model_kwargs), config)
+    if loaders is None:
+        loaders = create_loaders(
+            config.dataset,
+            data_dir=config.data_dir,
+            batch_size=config.batch_size,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            device=device,
+            autoaugment=config.autoaugment,
+            cutout=config.cutout,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+        )
+    _check_loaders(loaders)
+    log = sys.stderr if config.progress else None
+    source, model_kwargs, prepare_args = _source_model(config, model, loaders)
+    init = _initialise(source, config, loaders, log) if config.init and saved is None else None
+    setup = prepare_training(source, config)
     model, step_model, optimizer = setup.model, setup.step_model, setup.optimizer
     # LambdaLR multiplies each group's base lr; stepped once per epoch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -432,6 +509,8 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
         record = {
             "model": config.model,
             "model_kwargs": model_kwargs,
+            "prepare": prepare_args,
+            "init": init,
             "activation": config.act,
             "levels": config.levels,
             "dataset": loaders.name,
@@ -444,7 +523,6 @@ def train(config: TrainConfig, hooks: Any = None, *, resume: bool | None = None)
         start = 0
     record["runtime"] = setup.runtime()
     on_epoch_end = _hook(hooks, "on_epoch_end")
-    log = sys.stderr if config.progress else None
     if log is not None:
         n_params = sum(p.numel() for p in model.parameters())
         what = f"resuming after epoch {start}" if saved is not None else "training"

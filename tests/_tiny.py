@@ -1,8 +1,8 @@
-"""Tiny stand-ins for `ann2snn.models` and `ann2snn.data` used by the checkpoint/train tests.
+"""A tiny model and tiny loaders for the checkpoint/train tests.
 
-They are installed as modules in ``sys.modules`` (see `install`), so `ann2snn.train` and
-`ann2snn.checkpoint.load`, which import those modules lazily, build these instead of the
-real zoo and datasets: the tests then need no dataset files and run in seconds.
+``tiny`` and ``tiny_wide`` are registered in the model zoo (`ann2snn.register_model`), so
+`ann2snn.load` rebuilds them from a record; the loaders go to ``train(..., loaders=...)``
+(see `train_tiny`): the tests need no dataset files and run in seconds.
 
 The fake training loader deliberately draws from the *global* torch, NumPy and Python
 generators (shuffle, flips, jitter), so a resumed run only reproduces an uninterrupted
@@ -12,7 +12,6 @@ one if all three RNG states were saved and restored.
 from __future__ import annotations
 
 import random
-import sys
 import time
 import types
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import ann2snn
 from ann2snn.activations import create_activation
 
 IMAGE = 8  # side of the synthetic images
@@ -45,16 +45,14 @@ class TinyNet(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def create_model(name, **kwargs) -> nn.Module:
-    if name == "tiny":
-        return TinyNet(**kwargs)
-    if name == "tiny_wide":
-        return TinyNet(width=8, **kwargs)
-    raise ValueError(f"unknown model {name!r}; choose one of tiny, tiny_wide")
+@ann2snn.register_model
+def tiny(**kwargs) -> nn.Module:
+    return TinyNet(**kwargs)
 
 
-def list_models() -> list[str]:
-    return ["tiny", "tiny_wide"]
+@ann2snn.register_model
+def tiny_wide(**kwargs) -> nn.Module:
+    return TinyNet(width=8, **kwargs)
 
 
 class TinyLoader:
@@ -124,21 +122,9 @@ def make_loaders(batch_size=16, n_train=96, n_eval=32, val_fraction=0.1, **slow)
     )
 
 
-def fake_modules(**slow) -> dict[str, types.ModuleType]:
-    """``{"ann2snn.models": ..., "ann2snn.data": ...}`` stand-ins (``slow`` → TinyLoader)."""
-    models = types.ModuleType("ann2snn.models")
-    models.create_model = create_model
-    models.list_models = list_models
-    data = types.ModuleType("ann2snn.data")
-
-    def create_loaders(name, batch_size=16, val_fraction=0.1, **kwargs):
-        return make_loaders(batch_size=batch_size, val_fraction=val_fraction, **slow)
-
-    data.create_loaders = create_loaders
-    return {"ann2snn.models": models, "ann2snn.data": data}
-
-
-def install(monkeypatch, **slow) -> None:
-    """Put the stand-ins in ``sys.modules`` for one test (undone by ``monkeypatch``)."""
-    for name, module in fake_modules(**slow).items():
-        monkeypatch.setitem(sys.modules, name, module)
+def train_tiny(config, hooks=None, slow=None, **kwargs):
+    """`ann2snn.train` on the tiny loaders (``slow``: see `TinyLoader`)."""
+    loaders = make_loaders(
+        batch_size=config.batch_size, val_fraction=config.val_fraction, **(slow or {})
+    )
+    return ann2snn.train(config, hooks, loaders=loaders, **kwargs)

@@ -2,7 +2,7 @@
 
     python tests/_train_worker.py CONFIG_JSON SLOW_FROM_EPOCH MARKER THREADS
 
-Trains with the tiny stand-ins of `_tiny` and a training loader that becomes slow from
+Trains the tiny model of `_tiny` on its loaders, with a training loader that becomes slow from
 epoch SLOW_FROM_EPOCH (0-based) on and touches MARKER after that epoch's first batch,
 so the test can SIGKILL the process mid-epoch.
 """
@@ -15,8 +15,10 @@ import torch
 
 config_json, slow_from_epoch, marker, threads = sys.argv[1:]
 torch.set_num_threads(int(threads))  # same as the parent: identical float reductions
-sys.modules.update(_tiny.fake_modules(slow_from_epoch=int(slow_from_epoch), marker=marker))
 
-from ann2snn.training import TrainConfig, train  # noqa: E402
+from ann2snn.training import TrainConfig  # noqa: E402
 
-train(TrainConfig(**json.loads(config_json)))
+_tiny.train_tiny(
+    TrainConfig(**json.loads(config_json)),
+    slow={"slow_from_epoch": int(slow_from_epoch), "marker": marker},
+)

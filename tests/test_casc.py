@@ -23,7 +23,7 @@ from ann2snn import (
     simulate,
 )
 from ann2snn.network import biases_off
-from ann2snn.simulation import Phase, _run_schedule
+from ann2snn.simulation import Phase, run_schedule
 
 # ============================================================================ item 13: ClipQuant
 
@@ -599,7 +599,7 @@ def test_schedule_is_causal_including_sleep(sched):
     schedule = Schedule(*sched)
     snn.reset()
     with torch.no_grad():
-        outs = torch.cat(list(_run_schedule(snn, x, schedule, max_fold=3 * x.shape[0])))
+        outs = torch.cat(list(run_schedule(snn, x, schedule, max_fold=3 * x.shape[0])))
     snn.reset()
     kinds = _steps_of(schedule)
     assert outs.shape[0] == len(kinds) == schedule.total_steps
@@ -634,7 +634,7 @@ def test_simulate_records_every_wake_and_sleep_step():
     # The records are argmax of the running sum of the network's outputs after each step.
     snn.reset()
     with torch.no_grad():
-        outs = torch.cat(list(_run_schedule(snn, x, schedule, max_fold=4096)))
+        outs = torch.cat(list(run_schedule(snn, x, schedule, max_fold=4096)))
     snn.reset()
     expected = (outs.cumsum(0).argmax(-1) == y).double().mean(1).tolist()
     assert res.accuracy == pytest.approx(expected)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import ann2snn
 from ann2snn import checkpoint as ckpt
 from ann2snn.checkpoint import CheckpointError
 
@@ -34,12 +35,7 @@ def _trained_tiny(seed=0) -> nn.Module:
 
 
 @pytest.fixture
-def fakes(monkeypatch):
-    _tiny.install(monkeypatch)
-
-
-@pytest.fixture
-def saved(tmp_path, fakes):
+def saved(tmp_path):
     model = _trained_tiny()
     ckpt.save_checkpoint(tmp_path, model, _record(), tag="last")
     return tmp_path, model
@@ -86,7 +82,7 @@ def test_registered_model_roundtrip(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
-def test_run_folder_prefers_best(tmp_path, fakes):
+def test_run_folder_prefers_best(tmp_path):
     ckpt.save_checkpoint(tmp_path, _trained_tiny(0), _record(epoch=3), tag="last")
     ckpt.save_checkpoint(tmp_path, _trained_tiny(1), _record(epoch=2), tag="best")
     assert ckpt.load(tmp_path).ann2snn_record["epoch"] == 2
@@ -171,11 +167,11 @@ def test_missing_files_are_refused(saved, tmp_path):
         ckpt.load(run / "last.safetensors")
 
 
-def test_mismatched_keys_are_listed(tmp_path, fakes):
+def test_mismatched_keys_are_listed(tmp_path):
     model = _trained_tiny()
     state = model.state_dict()
     ckpt.save_checkpoint(tmp_path, model, _record())
-    wide = _tiny.create_model("tiny_wide", **_record()["model_kwargs"])  # width 8 vs 6
+    wide = ann2snn.create_model("tiny_wide", **_record()["model_kwargs"])  # width 8 vs 6
     with pytest.raises(CheckpointError) as e:
         ckpt.load_weights(wide, tmp_path)
     msg = str(e.value)
@@ -200,7 +196,7 @@ def test_mismatched_keys_are_listed(tmp_path, fakes):
     assert "more" not in unexpected
 
 
-def test_atomic_writes_leave_no_temp_files(tmp_path, fakes):
+def test_atomic_writes_leave_no_temp_files(tmp_path):
     model = _trained_tiny()
     for tag in ("last", "best", "last"):
         ckpt.save_checkpoint(tmp_path, model, _record(), tag=tag)
@@ -210,7 +206,7 @@ def test_atomic_writes_leave_no_temp_files(tmp_path, fakes):
                      "resume.json", "resume.safetensors"]  # fmt: skip
 
 
-def test_failed_save_keeps_previous_checkpoint(tmp_path, fakes, monkeypatch):
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     old = _trained_tiny(0)
     ckpt.save_checkpoint(tmp_path, old, _record(epoch=1))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -227,7 +223,6 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, fakes, monkeypatch):
     monkeypatch.undo()
     assert str(calls[0]).endswith("last.safetensors")  # weights are published first
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    _tiny.install(monkeypatch)
     assert torch.equal(ckpt.load(tmp_path)(_x()), old(_x()))
 
 
@@ -289,7 +284,7 @@ def test_resume_state_damage_is_refused(tmp_path):
         ckpt.load_resume_state(tmp_path / "elsewhere")
 
 
-def test_record_values_are_strict_json(tmp_path, fakes):
+def test_record_values_are_strict_json(tmp_path):
     rec = _record(metrics={"val_acc": float("nan"), "t": torch.tensor(2.0)}, path=tmp_path)
     ckpt.save_checkpoint(tmp_path, _trained_tiny(), rec)
     text = (tmp_path / "last.json").read_text()

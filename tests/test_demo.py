@@ -10,7 +10,7 @@ import _fmnist
 import pytest
 import torch
 
-from ann2snn.demo import DemoConfig, _steps, run_demo
+from ann2snn.demo import DemoConfig, report_steps, run_demo
 
 LABELS = ("QCFS+IF", "QCFS+GN", "NQ+IF", "CASC")
 
@@ -43,10 +43,10 @@ def _row(report, prefix):
 
 
 def test_steps_are_powers_of_two_up_to_T():
-    assert _steps(1) == [1]
-    assert _steps(4) == [1, 2, 4]
-    assert _steps(16) == [1, 2, 4, 8, 16]
-    assert _steps(6) == [1, 2, 4, 6]
+    assert report_steps(1) == [1]
+    assert report_steps(4) == [1, 2, 4]
+    assert report_steps(16) == [1, 2, 4, 8, 16]
+    assert report_steps(6) == [1, 2, 4, 6]
 
 
 def test_demo_has_a_row_per_method_and_prints_the_table(demo):

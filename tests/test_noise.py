@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import math
 
-import _tiny
 import pytest
 import torch
+from _tiny import train_tiny
 from torch import nn
 
 from ann2snn import QCFS, IFNeuron, NoisyQCFS, convert, load, load_record, simulate
 from ann2snn.noise import calibrate_noise, noisy_layers, nq_epoch_hook, set_noise
 from ann2snn.simulation import run
-from ann2snn.training import TrainConfig, train
+from ann2snn.training import TrainConfig
 
 
 def _z(n: int = 4096, lam: float = 2.0, levels: int = 4, seed: int = 0) -> torch.Tensor:
@@ -302,15 +302,14 @@ def test_converted_nq_network_is_the_plain_qcfs_if_network():
 
 
 @pytest.fixture
-def fakes(monkeypatch):
-    _tiny.install(monkeypatch)
+def one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny layers: one thread is faster (much faster on a busy box)
     yield
     torch.set_num_threads(before)
 
 
-def test_nq_training_calibrates_sigma_each_epoch_and_selects_on_snn_accuracy(tmp_path, fakes):
+def test_nq_training_calibrates_sigma_each_epoch_and_selects_on_snn_accuracy(tmp_path, one_thread):
     # L = 8 and T_n = 4: the single IF layer is not exact at T_n, so σ > 0 (with L = T_n
     # it would be exact and σ = 0, as in test_sigma_is_exactly_zero_where_the_snn_is_exact).
     cfg = TrainConfig(model="tiny", dataset="synthetic", act="nq", levels=8, epochs=2,
@@ -335,7 +334,7 @@ def test_nq_training_calibrates_sigma_each_epoch_and_selects_on_snn_accuracy(tmp
             )
         return out
 
-    record = train(cfg, hooks={"on_epoch_end": on_epoch_end})
+    record = train_tiny(cfg, hooks={"on_epoch_end": on_epoch_end})
 
     assert [e["epoch"] for e in log] == [1, 2]
     assert log[0]["before"] == 0.0  # epoch 1 trained with σ = 0 (plain QCFS)

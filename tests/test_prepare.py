@@ -96,7 +96,9 @@ def test_calibration_sets_lambda_to_the_percentile_of_each_relu():
         min(6.0, float(a2.flatten().kthvalue(int(0.999 * a2.numel())).values))
     )
     # Without data: the activation's default (or init_threshold).
-    assert {float(m.threshold.detach()) for m in prepare(model).modules() if isinstance(m, QCFS)} == {8.0}
+    assert {
+        float(m.threshold.detach()) for m in prepare(model).modules() if isinstance(m, QCFS)
+    } == {8.0}
     p2 = prepare(model, init_threshold=2.0)
     assert {float(m.threshold.detach()) for m in p2.modules() if isinstance(m, QCFS)} == {2.0}
 

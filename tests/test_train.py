@@ -17,6 +17,7 @@ from pathlib import Path
 import _tiny
 import pytest
 import torch
+from _tiny import train_tiny
 from torch import nn
 
 from ann2snn import checkpoint as ckpt
@@ -27,7 +28,6 @@ from ann2snn.training import (
     evaluate,
     lr_at,
     param_groups,
-    train,
     train_one_epoch,
 )
 
@@ -38,11 +38,6 @@ def _config(out_dir, **overrides) -> TrainConfig:
     kw = dict(model="tiny", dataset="synthetic", epochs=1, batch_size=16, lr=0.05,
               device="cpu", out_dir=str(out_dir), progress=False)  # fmt: skip
     return TrainConfig(**{**kw, **overrides})
-
-
-@pytest.fixture
-def fakes(monkeypatch):
-    _tiny.install(monkeypatch)
 
 
 def _history(record):
@@ -164,10 +159,10 @@ def test_train_one_epoch_rejects_nan_loss():
         train_one_epoch(model, [(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))], opt)
 
 
-# ----------------------------------------------------------------------------- train()
+# ----------------------------------------------------------------------------- train_tiny()
 
 
-def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
+def test_one_epoch_writes_loadable_checkpoint(tmp_path):
     seen = {}
 
     def on_epoch_end(model, epoch, loaders, record):
@@ -175,7 +170,7 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
         seen["epoch"] = epoch
         return {"note": f"epoch {epoch}"}
 
-    record = train(
+    record = train_tiny(
         _config(tmp_path, act="nq", act_kwargs={"sigma": 0.05}), {"on_epoch_end": on_epoch_end}
     )
     assert seen["epoch"] == 1 and record["epoch"] == 1
@@ -207,14 +202,14 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path, fakes):
     }
 
 
-def test_select_metric_from_hook_picks_best(tmp_path, fakes):
+def test_select_metric_from_hook_picks_best(tmp_path):
     # The hook scores epoch 1 highest; best must stay at epoch 1 whatever val_acc does.
     hooks = type(
         "Hooks",
         (),
         {"on_epoch_end": staticmethod(lambda m, e, l, r: {"select_metric": -e, "sigma": [e]})},
     )
-    record = train(_config(tmp_path, epochs=2), hooks)
+    record = train_tiny(_config(tmp_path, epochs=2), hooks)
     assert record["epoch"] == 2 and record["metrics"]["best_epoch"] == 1
     assert ckpt.load_record(tmp_path / "best.json")["epoch"] == 1
     assert ckpt.load_record(tmp_path)["epoch"] == 1  # the folder loads best
@@ -222,32 +217,32 @@ def test_select_metric_from_hook_picks_best(tmp_path, fakes):
     assert [e["select_metric"] for e in record["metrics"]["history"]] == [-1, -2]
 
 
-def test_no_validation_split_makes_last_the_best(tmp_path, fakes):
-    record = train(_config(tmp_path, epochs=2, val_fraction=0.0))
+def test_no_validation_split_makes_last_the_best(tmp_path):
+    record = train_tiny(_config(tmp_path, epochs=2, val_fraction=0.0))
     assert record["metrics"]["val_acc"] is None and record["metrics"]["best_epoch"] == 2
 
 
-def test_refuses_to_overwrite_a_run(tmp_path, fakes):
-    train(_config(tmp_path))
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train_tiny(_config(tmp_path))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(FileExistsError, match="resume=True.*another out_dir"):
-        train(_config(tmp_path))
+        train_tiny(_config(tmp_path))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     with pytest.raises(ValueError, match=r"different recipe \(lr: 0.05 → 0.1\)"):
-        train(_config(tmp_path, lr=0.1), resume=True)
+        train_tiny(_config(tmp_path, lr=0.1), resume=True)
     # Resuming a finished run trains nothing and returns its record.
-    record = train(_config(tmp_path, progress=True), resume=True)
+    record = train_tiny(_config(tmp_path, progress=True), resume=True)
     assert record["epoch"] == 1 and len(record["metrics"]["history"]) == 1
     assert (tmp_path / "last.safetensors").read_bytes() == before["last.safetensors"]
 
 
-def test_resume_flag_on_empty_folder_starts_fresh(tmp_path, fakes):
-    record = train(_config(tmp_path / "new", resume=True))
+def test_resume_flag_on_empty_folder_starts_fresh(tmp_path):
+    record = train_tiny(_config(tmp_path / "new", resume=True))
     assert record["epoch"] == 1
 
 
-def test_progress_is_one_line_per_epoch_off_a_terminal(tmp_path, fakes, capsys):
-    train(_config(tmp_path, epochs=2, progress=True))
+def test_progress_is_one_line_per_epoch_off_a_terminal(tmp_path, capsys):
+    train_tiny(_config(tmp_path, epochs=2, progress=True))
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 3 and lines[0].startswith("training: tiny")
     assert lines[1].startswith("epoch 1/2") and "val" in lines[1] and "test" in lines[1]
@@ -276,14 +271,14 @@ def test_progress_bar_redraws_on_a_terminal():
 # ----------------------------------------------------------------------------- kill + resume
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, fakes):
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """A run SIGKILLed in the middle of epoch 2 and resumed ends bit for bit where an
     uninterrupted run with the same seed ends: optimizer, scheduler and all RNG states
     (the fake loader draws from torch, NumPy and Python generators; NQ noise from torch)
     must be restored for that to hold."""
     epochs = 3
     common = dict(epochs=epochs, act="nq", act_kwargs={"sigma": 0.05}, warmup_epochs=1)
-    reference = train(_config(tmp_path / "reference", **common))
+    reference = train_tiny(_config(tmp_path / "reference", **common))
 
     run = tmp_path / "killed"
     marker = tmp_path / "epoch2-started"
@@ -309,8 +304,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, fakes):
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
     with pytest.raises(FileExistsError):
-        train(_config(run, **common))
-    resumed = train(_config(run, **common, resume=True))
+        train_tiny(_config(run, **common))
+    resumed = train_tiny(_config(run, **common, resume=True))
 
     assert resumed["epoch"] == epochs and len(resumed["metrics"]["history"]) == epochs
     assert [e["epoch"] for e in resumed["metrics"]["history"]] == [1, 2, 3]

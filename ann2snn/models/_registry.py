@@ -14,6 +14,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ._blocks import check_pool
+from .external import build_external, is_external
 
 __all__ = ["register_model", "create_model", "list_models"]
 
@@ -50,7 +51,10 @@ def create_model(
     image_size: int = 32,
     **act_kwargs,
 ) -> nn.Module:
-    """Build a registered model, e.g. ``create_model("vgg16", num_classes=100, act="qcfs")``.
+    """Build a registered model, e.g. ``create_model("vgg16", num_classes=100, act="qcfs")``,
+    or one from outside the zoo: ``"torchvision:resnet18"``, ``"timm:resnet18"`` or a
+    builder ``"package.module:function"``, made convertible by `ann2snn.prepare` with
+    ``act``, ``levels``, ``pool`` and ``act_kwargs`` (see `ann2snn.models.external`).
 
     ``act``/``levels``/``act_kwargs`` go to `ann2snn.activations.create_activation` once
     per activation site. ``pool`` ("avg" or "max") picks the pooling of VGG/CNN models;
@@ -58,13 +62,25 @@ def create_model(
     input side, used to size the first Linear of models that flatten a feature map.
     Builder-specific keywords (``dropout`` of ``vgg16``) travel through ``act_kwargs``.
     """
+    check_pool(pool)
+    if is_external(name):
+        return build_external(
+            name,
+            num_classes=_check_positive_int("num_classes", num_classes),
+            in_channels=_check_positive_int("in_channels", in_channels),
+            act=act,
+            levels=levels,
+            pool=pool,
+            image_size=_check_positive_int("image_size", image_size),
+            **act_kwargs,
+        )
     try:
         builder = _MODELS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(
-            f"unknown model {name!r}; choose one of {', '.join(list_models())}"
+            f"unknown model {name!r}; choose one of {', '.join(list_models())}, or "
+            "torchvision:NAME, timm:NAME, package.module:function"
         ) from None
-    check_pool(pool)
     return builder(
         num_classes=_check_positive_int("num_classes", num_classes),
         in_channels=_check_positive_int("in_channels", in_channels),
