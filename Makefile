@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo test test-all lint format clean
+.PHONY: venv data demo test test-all integrations lint format clean
 
 # The environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -34,8 +34,12 @@ demo: venv data
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Everything, including slow real-data runs (GPU tests skip without a GPU).
-test-all: venv data
+# Optional integrations (timm models); the tests that need them skip without them.
+integrations: venv
+	$(BIN)/python -m pip install -q -e ".[dev,integrations]"
+
+# Everything, including slow real-data runs and the integrations (GPU tests skip without a GPU).
+test-all: venv data integrations
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: venv

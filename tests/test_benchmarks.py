@@ -187,3 +187,15 @@ def test_op_costs_tiny(tmp_path):
     assert "randn_like" in names and "hardtanh_backward (band)" in names
     assert "CIF step (eager)" in names and "IF step (eager)" in names
     assert all(_finite_positive(r["ns_per_element"]) for r in saved["rows"])
+
+
+def test_model_support_tiny(tmp_path):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "support.json"
+    _main("model_support.py")(["--torchvision", "resnet18,vit_b_16", "--timm", "",
+                               "--size", "32", "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["resnet18", "vit_b_16"]
+    assert rows[0]["prepare"] == "ok" and rows[0]["exact_gn_T1"] is True
+    assert rows[0]["activation_sites"] == 17 and rows[0]["convert_if"] == "ok"
+    assert "LayerNorm" in rows[1]["prepare"] and rows[1]["convert_gn"] == "-"
