@@ -126,6 +126,7 @@ def test_train_a_users_module_and_load_it_back(tmp_path):
     record = _tiny.train_tiny(cfg, model=net)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # not mutated
     assert record["prepare"] == {"act": "qcfs", "levels": 4, "pool": "avg", "act_kwargs": {}}
+    assert "99.9th percentile" in record["init"]["thresholds"]  # not the default λ = 8
     with pytest.raises(CheckpointError, match=r"pass the architecture: ann2snn.load\(path, model"):
         load(tmp_path / "run")
     model = load(tmp_path / "run", model=net)
@@ -157,7 +158,9 @@ def test_a_users_builder_by_module_path_trains_and_loads_without_user_code(tmp_p
     assert cfg.out_dir.endswith("run")
     record = _tiny.train_tiny(cfg)
     assert record["model"] == "my_models:small" and record["prepare"] is None
+    assert "validation" in record["init"]["thresholds"]
     model = load(tmp_path / "run")
+    assert float(next(m for m in model.modules() if isinstance(m, QCFS)).threshold) != 8.0
     assert sum(isinstance(m, QCFS) for m in model.modules()) == 1
     assert (
         TrainConfig(model="my_models:small", dataset="x").out_dir
