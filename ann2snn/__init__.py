@@ -35,7 +35,8 @@ from .noise import NoiseCalibration, calibrate_noise
 from .passes import PASSES, PassContext, conversion_passes
 from .pooling import LIPool
 from .preparation import is_prepared, prepare
-from .simulation import LayerDiff, Schedule, SimulationResult, compare, run, simulate
+from .monitor import ActivityMonitor, ActivityReport, LayerActivity
+from .simulation import LayerDiff, Schedule, SimulationResult, activity, compare, run, simulate
 from .training import PRESETS, TrainConfig, train
 
 __version__ = "0.1.0"
@@ -75,6 +76,10 @@ __all__ = [
     "SimulationResult",
     "LayerDiff",
     "simulate",
+    "activity",
+    "ActivityReport",
+    "ActivityMonitor",
+    "LayerActivity",
     "run",
     "compare",
     "load",

@@ -10,6 +10,7 @@ schedule with no sleep.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,10 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .monitor import ActivityMonitor, ActivityReport
 from .network import SpikingNetwork, device_of
 
 __all__ = ["Schedule", "Phase", "SimulationResult", "LayerDiff", "simulate", "run", "compare",
-           "run_schedule", "default_max_fold"]  # fmt: skip
+           "activity", "run_schedule", "default_max_fold"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class SimulationResult:
     wall_time: float
     image_steps_per_s: float
     schedule: dict[str, Any] = field(default_factory=dict)
+    activity: ActivityReport | None = None  # with simulate(..., activity=True)
 
     def accuracy_at(self, wake: int) -> float:
         """Accuracy after ``wake`` wake steps and the sleep phase that follows them, if any."""
@@ -104,7 +107,9 @@ class SimulationResult:
         return {w: self.accuracy_at(w) for w in sorted(set(self.wake_steps))}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["activity"] = self.activity.to_dict() if self.activity is not None else None
+        return d
 
 
 def _batches(data: Any) -> Iterator[tuple[Tensor, Tensor]]:
@@ -189,6 +194,7 @@ def simulate(
     max_fold: int | None = None,
     progress: bool = True,
     dtype: torch.dtype | None = None,
+    activity: bool = False,
 ) -> SimulationResult:
     """Accuracy after each step t = 1..T (plus sleep steps) from one run of the schedule.
 
@@ -201,6 +207,8 @@ def simulate(
         device: where to run (default: where ``snn`` is).
         max_fold: most samples per forward (steps × batch); default `default_max_fold`.
         dtype: run layers in this dtype (e.g. torch.bfloat16) under autocast; membranes stay fp32.
+        activity: also count spikes, SynOps and MACs after every step (an
+            `ActivityReport` in ``result.activity``; hooks, off by default).
     """
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
@@ -217,20 +225,26 @@ def simulate(
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for x, y in _batches(data):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        snn.reset()
-        acc_out, i = None, 0
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            for out in run_schedule(snn, x, schedule, max_fold):
-                # [n, B, C] → running sums after each of the n steps.
-                cum = out.float().cumsum(0)
-                if acc_out is not None:
-                    cum = cum + acc_out
-                correct[i : i + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
-                acc_out, i = cum[-1], i + out.shape[0]
-        images += y.shape[0]
-        bar.update(1)
+    monitor = None
+    with contextlib.ExitStack() as stack:  # the monitor's hooks go, whatever happens
+        for x, y in _batches(data):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if activity and monitor is None:
+                monitor = stack.enter_context(ActivityMonitor(snn, x))
+            snn.reset()
+            acc_out, i = None, 0
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                for out in run_schedule(snn, x, schedule, max_fold):
+                    # [n, B, C] → running sums after each of the n steps.
+                    cum = out.float().cumsum(0)
+                    if acc_out is not None:
+                        cum = cum + acc_out
+                    correct[i : i + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
+                    acc_out, i = cum[-1], i + out.shape[0]
+            images += y.shape[0]
+            if monitor is not None:
+                monitor.end_batch(y.shape[0])
+            bar.update(1)
     snn.reset()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -245,7 +259,31 @@ def simulate(
         wall_time=wall,
         image_steps_per_s=images * len(total_idx) / wall if wall > 0 else float("inf"),
         schedule=asdict(schedule),
+        activity=monitor.report(wake_idx, total_idx) if monitor is not None else None,
     )
+
+
+def activity(
+    snn: SpikingNetwork,
+    data: Iterable | tuple[Tensor, Tensor] | Tensor,
+    T: int,
+    sleep: int = 0,
+    margin: int | None = None,
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> ActivityReport:
+    """Firing rates, SynOps, MACs and energy after every step of one T-step run
+    (`ann2snn.monitor`). ``data``: a DataLoader of (x, y), an (x, y) pair or a tensor of
+    inputs; at most ``max_batches`` batches. The same run's accuracy comes with
+    ``simulate(snn, data, T, activity=True)``."""
+    if isinstance(data, Tensor):
+        data = (data, torch.zeros(data.shape[0], dtype=torch.long))
+    if max_batches is not None and not isinstance(data, tuple):
+        data = [b for _, b in zip(range(max_batches), data)]
+    res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, progress=progress,
+                   activity=True)  # fmt: skip
+    return res.activity
 
 
 def _progress(enabled: bool, total: int, desc: str):
