@@ -34,9 +34,13 @@ demo: venv data
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Optional integrations (timm models); the tests that need them skip without them.
+# Optional integrations, for the tests that cross-check against them (they skip without
+# them): timm models, and SpikingJelly's SynOp counter. SpikingJelly goes in without its
+# dependencies: they pin a torchaudio that does not match our torch, and its op_counter
+# needs only torch.
 integrations: venv
 	$(BIN)/python -m pip install -q -e ".[dev,integrations]"
+	$(BIN)/python -m pip install -q --no-deps "spikingjelly==2.0.0"
 
 # Everything, including slow real-data runs and the integrations (GPU tests skip without a GPU).
 test-all: venv data integrations

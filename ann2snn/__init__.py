@@ -19,6 +19,7 @@ from .checkpoint import CheckpointError, load, load_record, save_checkpoint
 from .conversion import ConversionError, SupportReport, check, convert, fold_bn
 from .data import DatasetNotFoundError, create_loaders, list_datasets
 from .models import create_model, list_models, register_model
+from .monitor import ActivityMonitor, ActivityReport, LayerActivity
 from .network import SpikingNetwork, biases_off
 from .neuron import (
     ConsistentIF,
@@ -35,7 +36,6 @@ from .noise import NoiseCalibration, calibrate_noise
 from .passes import PASSES, PassContext, conversion_passes
 from .pooling import LIPool
 from .preparation import is_prepared, prepare
-from .monitor import ActivityMonitor, ActivityReport, LayerActivity
 from .simulation import LayerDiff, Schedule, SimulationResult, activity, compare, run, simulate
 from .training import PRESETS, TrainConfig, train
 

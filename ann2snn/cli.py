@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fuse each neuron step with torch.compile (same results; needs a C++ compiler on CPU)",
     )
+    e.add_argument(
+        "--activity",
+        action="store_true",
+        help="also report firing rates, SynOps and energy (SNN ÷ ANN) at every T",
+    )
     e.add_argument("--data-dir")
     e.add_argument("--limit-test", type=int)
     e.add_argument(
@@ -136,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--limit-train", type=int)
     d.add_argument("--limit-test", type=int)
+    d.add_argument("--no-activity", action="store_true", help="skip the SynOps/energy table")
     d.add_argument("--no-progress", action="store_true")
     return p
 
@@ -185,7 +191,14 @@ def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .data import create_loaders
     from .demo import evaluate_wake_sleep
-    from .report import ann_accuracy, environment, evaluate_snn, format_table, write_report
+    from .report import (
+        ann_accuracy,
+        environment,
+        evaluate_snn,
+        format_cost_table,
+        format_table,
+        write_report,
+    )
 
     device = (
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -213,6 +226,8 @@ def _eval(args: argparse.Namespace) -> int:
         options["tau"] = mk.get("levels") or record.get("levels")
     if args.compile_neurons:
         options["compiled"] = True
+    if args.activity:
+        options["activity"] = True
     calibration = loaders.val if mk.get("act", record.get("activation")) == "relu" else None
     label = f"{mk.get('act', '?')}+{args.neuron}" + (
         f" (tau={options['tau']})" if "tau" in options else ""
@@ -245,11 +260,15 @@ def _eval(args: argparse.Namespace) -> int:
         print()
     elif args.csv:
         w = csv.writer(sys.stdout)
-        w.writerow(["wake_steps", "total_steps", "accuracy"])
+        cost = ["synops", "snn_macs", "energy_ratio"] if args.activity else []
+        w.writerow(["wake_steps", "total_steps", "accuracy", *cost])
         for t in steps:
-            w.writerow([t, _total_steps(row, t), row["accuracy_by_wake"].get(str(t))])
+            extra = [row[f"{c}_by_wake"].get(str(t)) for c in cost]
+            w.writerow([t, _total_steps(row, t), row["accuracy_by_wake"].get(str(t)), *extra])
     else:
         print(format_table([row], steps))
+        if args.activity:
+            print("\n" + format_cost_table([row], steps))
         print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
     return 0
 
@@ -295,6 +314,7 @@ def _demo(args: argparse.Namespace) -> int:
         out_dir=args.out, data_dir=args.data_dir, epochs=args.epochs, T=args.T, casc_sleep=args.sleep,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), device=args.device,
         limit_train=args.limit_train, limit_test=args.limit_test, progress=not args.no_progress,
+        activity=not args.no_activity,
     )  # fmt: skip
     run_demo(cfg)
     return 0

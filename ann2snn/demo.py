@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import ann_accuracy, environment, evaluate_snn, format_table, write_report
+from .report import (
+    ann_accuracy,
+    environment,
+    evaluate_snn,
+    format_cost_table,
+    format_table,
+    write_report,
+)
 
 __all__ = ["DemoConfig", "run_demo", "evaluate_wake_sleep", "report_steps"]
 
@@ -41,6 +48,7 @@ class DemoConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     progress: bool = True
+    activity: bool = True  # SynOps and energy per T (ann2snn.activity), printed as a table
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - {"qcfs", "gn", "nq", "casc"}
@@ -81,6 +89,14 @@ def evaluate_wake_sleep(
         )
         row["accuracy_by_wake"][str(t)] = r["accuracy_by_wake"][str(t)]
         row["total_steps_by_wake"][str(t)] = t + sleep
+        # What the spikes cost (activity=True): this run's figures at its own T.
+        for key in ("synops_by_wake", "snn_macs_by_wake", "energy_ratio_by_wake",
+                    "firing_rate_by_wake"):  # fmt: skip
+            if key in r:
+                row.setdefault(key, {})[str(t)] = r[key][str(t)]
+        for key in ("ann_macs", "layer_firing_rates", "energy_model"):
+            if key in r:
+                row[key] = r[key]
         row["wall_time"] += r["wall_time"]
         row["convert"] = r["convert"]
     # For plots: accuracy against total steps of each separate run.
@@ -138,6 +154,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
                         T=cfg.T,
                         progress=cfg.progress,
                         label=f"QCFS+IF (L={cfg.levels})",
+                        activity=cfg.activity,
                     ),
                     "ann_accuracy": acc,
                 }
@@ -153,6 +170,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
                         tau=cfg.levels,
                         progress=cfg.progress,
                         label=f"QCFS+GN (tau={cfg.levels})",
+                        activity=cfg.activity,
                     ),
                     "ann_accuracy": acc,
                 }
@@ -162,23 +180,22 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
             cfg, "nq", "nq", cfg.levels, hooks={"on_epoch_end": nq_epoch_hook(steps=4)}
         )
         timings["train_nq_s"] = secs
-        row = evaluate_snn(
-            model, test, "if", T=cfg.T, progress=cfg.progress, label=f"NQ+IF (L={cfg.levels})"
-        )
+        row = evaluate_snn(model, test, "if", T=cfg.T, progress=cfg.progress,
+                           label=f"NQ+IF (L={cfg.levels})", activity=cfg.activity)  # fmt: skip
         row["ann_accuracy"] = ann_accuracy(model, test)
         row["sigma"] = record.get("extra", {}).get("sigma")
         rows.append(row)
     if "casc" in cfg.methods:
         model, _, secs = _train(cfg, "casc", "clipq", cfg.casc_levels)
         timings["train_casc_s"] = secs
-        row = evaluate_wake_sleep(
-            model, test, steps, cfg.casc_sleep, cfg.progress, label=f"CASC (Q={cfg.casc_levels})"
-        )
+        row = evaluate_wake_sleep(model, test, steps, cfg.casc_sleep, cfg.progress,
+                                  label=f"CASC (Q={cfg.casc_levels})", activity=cfg.activity)  # fmt: skip
         row["ann_accuracy"] = ann_accuracy(model, test)
         rows.append(row)
 
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps)
+    cost_table = format_cost_table(rows, steps) if cfg.activity else None
     report = {
         "title": "ann2snn demo: Fashion-MNIST, small CNN",
         "dataset": "fashion-mnist",
@@ -189,9 +206,12 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         "timings": timings,
         "environment": environment(),
         "table": table,
+        "cost_table": cost_table,
     }
     paths = write_report(report, cfg.out_dir, steps)
     print(table)
+    if cost_table:
+        print("\n" + cost_table)
     print(
         f"\nreport: {paths['json']}\nplot:   {paths['plot']}\nwall time: {timings['total_s']:.1f} s"
     )

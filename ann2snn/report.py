@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .conversion import convert
+from .monitor import E_AC, E_MAC, ActivityReport
 from .network import device_of
 from .simulation import simulate
 
@@ -24,6 +25,9 @@ __all__ = [
     "environment",
     "source_revision",
     "format_table",
+    "format_cost_table",
+    "cost_columns",
+    "plot_cost",
     "plot_accuracy",
     "write_json",
     "write_report",
@@ -59,14 +63,16 @@ def evaluate_snn(
     progress: bool = True,
     label: str | None = None,
     calibration: Any = None,
+    activity: bool = False,
     **convert_options: Any,
 ) -> dict[str, Any]:
-    """Convert ``model`` with ``neuron`` and simulate T wake steps; a JSON-able row."""
+    """Convert ``model`` with ``neuron`` and simulate T wake steps; a JSON-able row.
+
+    With ``activity=True`` the row also holds what the spikes cost (`cost_columns`)."""
     snn = convert(model, neuron, calibration=calibration, **convert_options)
-    res = simulate(
-        snn, data, T, sleep=sleep, margin=margin, device=device, dtype=dtype, progress=progress
-    )
-    return {
+    res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, dtype=dtype,
+                   progress=progress, activity=activity)  # fmt: skip
+    row = {
         "label": label or neuron,
         "neuron": neuron,
         "convert": snn.config,
@@ -80,6 +86,27 @@ def evaluate_snn(
         "images": res.images,
         "wall_time": res.wall_time,
         "image_steps_per_s": res.image_steps_per_s,
+    }
+    if res.activity is not None:
+        row.update(cost_columns(res.activity))
+    return row
+
+
+def cost_columns(rep: ActivityReport, wake: int | None = None) -> dict[str, Any]:
+    """Row fields of an `ActivityReport`: SynOps, SNN MACs, energy ratio and firing rate
+    by wake steps (only ``wake`` if given: one wake-sleep run per T), the ANN's MACs, and
+    each layer's firing rate after the last step."""
+    by_wake = rep.by_wake_steps()
+    keys = [str(wake)] if wake is not None else list(by_wake)
+    last = len(rep.wake_steps) - 1
+    return {
+        "ann_macs": rep.ann_macs,
+        "synops_by_wake": {k: by_wake[k]["synops"] for k in keys},
+        "snn_macs_by_wake": {k: by_wake[k]["snn_macs"] for k in keys},
+        "energy_ratio_by_wake": {k: by_wake[k]["energy_ratio"] for k in keys},
+        "firing_rate_by_wake": {k: by_wake[k]["firing_rate"] for k in keys},
+        "layer_firing_rates": {layer.name: layer.firing_rate()[last] for layer in rep.layers},
+        "energy_model": {"e_mac": E_MAC, "e_ac": E_AC},
     }
 
 
@@ -143,6 +170,80 @@ def format_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:
         cells += [_pct(acc.get(str(t))) for t in steps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_cost_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:
+    """Markdown table of what the spikes cost: SNN energy ÷ ANN energy at each T, and
+    SynOps per image (rows evaluated with ``activity=True``)."""
+    head = ["method", "ANN MACs"] + [f"T={t}" for t in steps]
+    lines = [
+        "SNN energy / ANN energy (SynOps per image), "
+        f"{E_AC * 1e12:.1f} pJ per AC, {E_MAC * 1e12:.1f} pJ per MAC",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for r in rows:
+        if "energy_ratio_by_wake" not in r:
+            continue
+        cells = [r["label"], f"{r['ann_macs']:.3g}"]
+        for t in steps:
+            ratio = r["energy_ratio_by_wake"].get(str(t))
+            ops = r["synops_by_wake"].get(str(t))
+            cells.append("—" if ratio is None else f"{ratio:.3f} ({ops:.3g})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_cost(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:  # fmt: skip
+    """``accuracy_vs_energy.png`` (accuracy against SNN/ANN energy, one point per T and
+    method) and ``firing_rates.png`` (each layer's firing rate, one bar group per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "energy_ratio_by_wake" in r]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows:
+        ts = sorted(int(k) for k in r["energy_ratio_by_wake"] if k in r["accuracy_by_wake"])
+        xs = [r["energy_ratio_by_wake"][str(t)] for t in ts]
+        ys = [100 * r["accuracy_by_wake"][str(t)] for t in ts]
+        line = ax.plot(xs, ys, marker="o", ms=3, label=r["label"])
+        for t, x, y in zip(ts, xs, ys):
+            ax.annotate(f"T={t}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        if r.get("ann_accuracy") is not None:
+            ax.axhline(100 * r["ann_accuracy"], ls="--", lw=0.8, color=line[0].get_color())
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("SNN energy / ANN energy (45 nm: 0.9 pJ per AC, 4.6 pJ per MAC)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = {"energy_plot": out_dir / "accuracy_vs_energy.png"}
+    fig.savefig(paths["energy_plot"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    width = 0.8 / max(len(rows), 1)
+    for i, r in enumerate(rows):
+        rates = r["layer_firing_rates"]
+        ax.bar([j + i * width for j in range(len(rates))], list(rates.values()), width,
+               label=r["label"])  # fmt: skip
+        if i == 0:
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rates))])
+            ax.set_xticklabels(list(rates), rotation=60, ha="right", fontsize=6)
+    ax.set_ylabel("spike events per neuron per step")
+    ax.set_title("firing rate per layer (after the last step)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths["rates_plot"] = out_dir / "firing_rates.png"
+    fig.savefig(paths["rates_plot"], dpi=120)
+    plt.close(fig)
+    return paths
 
 
 def _pct(x: float | None) -> str:
@@ -211,10 +312,14 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
 def write_report(
     report: dict[str, Any], out_dir: str | os.PathLike, steps: Sequence[int]
 ) -> dict[str, Path]:
-    """``report.json`` and ``accuracy_vs_T.png`` in ``out_dir``; returns their paths."""
+    """``report.json`` and ``accuracy_vs_T.png`` in ``out_dir`` (and the cost plots
+    when rows carry activity); returns their paths."""
     out_dir = Path(out_dir)
     json_path = write_json(report, out_dir / "report.json")
     png = plot_accuracy(
         report["rows"], out_dir / "accuracy_vs_T.png", title=report.get("title", "")
     )
-    return {"json": json_path, "plot": png}
+    paths = {"json": json_path, "plot": png}
+    if any("energy_ratio_by_wake" in r for r in report["rows"]):
+        paths.update(plot_cost(report["rows"], out_dir, title=report.get("title", "")))
+    return paths

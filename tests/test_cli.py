@@ -215,6 +215,36 @@ def test_eval_json_and_csv_outputs(run_dir, data_dir, tmp_path, capsys):
     assert exc.value.code == 2
 
 
+def test_eval_activity_adds_synops_and_energy_columns(run_dir, data_dir, tmp_path, capsys):
+    report = _eval_json(run_dir, data_dir, tmp_path / "a", "--T", "1,2", "--activity",
+                        capsys=capsys)  # fmt: skip
+    row = report["rows"][0]
+    assert set(row["energy_ratio_by_wake"]) == {"1", "2"} and row["ann_macs"] > 0
+    assert list(row["layer_firing_rates"]) == row["convert"].get(
+        "layers", list(row["layer_firing_rates"])
+    )
+    assert (tmp_path / "a" / "accuracy_vs_energy.png").exists()
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(tmp_path / "c"),
+               "--T", "1,2", "--no-progress", "--csv", "--activity"])  # fmt: skip
+    assert rc == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == [
+        "wake_steps",
+        "total_steps",
+        "accuracy",
+        "synops",
+        "snn_macs",
+        "energy_ratio",
+    ]
+    assert [float(r[5]) for r in rows[1:]] == pytest.approx(
+        [row["energy_ratio_by_wake"]["1"], row["energy_ratio_by_wake"]["2"]]
+    )
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(tmp_path / "t"),
+               "--T", "1,2", "--no-progress", "--activity"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "SNN energy / ANN energy" in out
+
+
 def test_eval_group_neurons(run_dir, data_dir, tmp_path, capsys):
     report = _eval_json(run_dir, data_dir, tmp_path, "--T", "1,2,4", "--neuron", "gn",
                         "--tau", "4", capsys=capsys)  # fmt: skip

@@ -118,3 +118,18 @@ def test_demo_config_validates():
         DemoConfig(methods=("qcfs", "snn"))
     with pytest.raises(ValueError, match="T and epochs must be >= 1"):
         DemoConfig(T=0)
+
+
+def test_demo_prints_energy_per_method_and_writes_the_cost_plots(demo):
+    report, out, stdout = demo
+    cost = report["cost_table"].splitlines()
+    assert cost[0].startswith("SNN energy / ANN energy")
+    assert cost[1] == "| method | ANN MACs | T=1 | T=2 | T=4 |"
+    assert len(cost) == 3 + len(LABELS) and report["cost_table"] in stdout
+    for r in report["rows"]:
+        assert {"1", "2", "4"} <= set(r["energy_ratio_by_wake"])  # every T of the run
+        # The first layer's analog MACs alone grow with T; SynOps never decrease.
+        ops = [r["synops_by_wake"][k] for k in ("1", "2", "4")]
+        assert ops == sorted(ops) and r["ann_macs"] > 0
+    assert (out / "accuracy_vs_energy.png").stat().st_size > 0
+    assert (out / "firing_rates.png").stat().st_size > 0

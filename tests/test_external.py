@@ -160,7 +160,7 @@ def test_a_users_builder_by_module_path_trains_and_loads_without_user_code(tmp_p
     assert record["model"] == "my_models:small" and record["prepare"] is None
     assert "validation" in record["init"]["thresholds"]
     model = load(tmp_path / "run")
-    assert float(next(m for m in model.modules() if isinstance(m, QCFS)).threshold) != 8.0
+    assert float(next(m for m in model.modules() if isinstance(m, QCFS)).threshold.detach()) != 8.0
     assert sum(isinstance(m, QCFS) for m in model.modules()) == 1
     assert (
         TrainConfig(model="my_models:small", dataset="x").out_dir
