@@ -199,3 +199,11 @@ def test_model_support_tiny(tmp_path):
     assert rows[0]["prepare"] == "ok" and rows[0]["exact_gn_T1"] is True
     assert rows[0]["activation_sites"] == 17 and rows[0]["convert_if"] == "ok"
     assert "LayerNorm" in rows[1]["prepare"] and rows[1]["convert_gn"] == "-"
+
+
+def test_activity_cost_tiny(tmp_path):
+    out = tmp_path / "cost.json"
+    _main("activity_cost.py")(["--models", "cnn", "--batch-size", "4", "--T", "2",
+                               "--repeats", "1", "--out", str(out)])  # fmt: skip
+    (row,) = json.loads(out.read_text())["rows"]
+    assert _finite_positive(row["off_s"]) and _finite_positive(row["on_over_off"])
