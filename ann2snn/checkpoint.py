@@ -61,6 +61,7 @@ __all__ = [
     "atomic_write",
     "json_safe",
     "sha256_file",
+    "record_digest",
 ]
 
 FORMAT = "ann2snn-checkpoint"
@@ -118,6 +119,51 @@ def _commit(pairs: list[tuple[Path, Path]]) -> None:
             os.close(dir_fd)
 
 
+def record_digest(record: dict) -> str:
+    """sha256 of a record's canonical JSON (sorted keys), without its own
+    ``record_sha256``: any edit of any field changes it."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# Field types a record must have (None allowed where listed); checked on every read.
+_FIELD_TYPES: dict[str, tuple[type | None, ...]] = {
+    "weights_file": (str,),
+    "weights_sha256": (str, None),
+    "record_sha256": (str, None),
+    "model": (str,),
+    "model_kwargs": (dict,),
+    "prepare": (dict, None),
+    "init": (dict, None),
+    "runtime": (dict, None),
+    "recipe": (dict, None),
+    "metrics": (dict, None),
+    "extra": (dict, None),
+    "epoch": (int, None),
+}
+
+
+def _check_fields(record: dict, path: Path, required: tuple[str, ...]) -> None:
+    for key in required:
+        if key not in record:
+            raise CheckpointError(
+                f"{path}: the record has no {key!r}, so the model cannot be rebuilt; "
+                "re-save it with ann2snn.checkpoint.save_checkpoint"
+            )
+    for key, types in _FIELD_TYPES.items():
+        if key not in record:
+            continue
+        value = record[key]
+        ok = any(value is None if t is None else isinstance(value, t) and not isinstance(value, bool) for t in types)  # fmt: skip
+        if not ok:
+            names = " or ".join("null" if t is None else {str: "a string", dict: "an object", int: "an integer"}[t] for t in types)  # fmt: skip
+            raise CheckpointError(
+                f"{path}: field {key!r} must be {names}, got {type(value).__name__} {value!r}; "
+                "the record was edited or damaged — restore it from a copy"
+            )
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
     h = hashlib.sha256()
@@ -143,6 +189,8 @@ def _write_pair(run_dir: Path, tag: str, weights: bytes, record: dict) -> Path:
     json_path = run_dir / f"{tag}.json"
     record = dict(record, weights_file=weights_path.name)
     record["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    record.pop("record_sha256", None)
+    record["record_sha256"] = record_digest(record)
     # NaN is kept only in resume skeletons (exact round trip); `json_safe` removed it from records.
     text = json.dumps(record, indent=2)
     staged_weights = _stage(weights_path, weights)
@@ -309,6 +357,15 @@ def _read_json(path: Path, expected_format: str) -> dict:
         )
     if not isinstance(record.get("weights_file"), str):
         raise CheckpointError(f"{path}: the record names no weights_file; re-save the checkpoint")
+    expected = record.get("record_sha256")
+    if expected is not None and record_digest(record) != expected:
+        raise CheckpointError(
+            f"{path}: the record was changed after it was written (record_sha256 does not match "
+            "its content); an edited field such as model_kwargs would build a different model "
+            "without error — restore the original record, or re-save the model with "
+            "ann2snn.checkpoint.save_checkpoint"
+        )
+    _check_fields(record, path, ())
     return record
 
 
@@ -319,12 +376,7 @@ def load_record(path: str | os.PathLike) -> dict:
     """
     json_path = _resolve(path)
     record = _read_json(json_path, FORMAT)
-    for key in ("model", "model_kwargs"):
-        if key not in record:
-            raise CheckpointError(
-                f"{json_path}: the record has no {key!r}, so the model cannot be rebuilt; "
-                "re-save it with ann2snn.checkpoint.save_checkpoint"
-            )
+    _check_fields(record, json_path, ("model", "model_kwargs"))
     return record
 
 

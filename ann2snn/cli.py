@@ -12,8 +12,48 @@ from typing import Any
 from .activations import list_activations
 from .neuron import list_neurons
 from .recipes import PRESETS
+from .validation import resolve_device
 
 __all__ = ["main", "build_parser"]
+
+
+def _int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+POS, NONNEG = _int_at_least(1), _int_at_least(0)
 
 
 def _steps_arg(text: str) -> list[int]:
@@ -32,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ann2snn",
         description="Train quantized ANNs, convert them to spiking networks, simulate and report.",
     )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
@@ -53,25 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="a paper's recipe (flags override it)",
     )
     t.add_argument("--act", choices=list_activations(), help="the ANN's activation")
-    t.add_argument("--levels", type=int, help="quantization levels L (Q for clipq)")
+    t.add_argument("--levels", type=POS, help="quantization levels L (Q for clipq)")
     t.add_argument("--pool", choices=["avg", "max"])
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--epochs", type=POS)
+    t.add_argument("--batch-size", type=POS)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--weight-decay", type=_non_negative_float)
+    t.add_argument("--seed", type=NONNEG)
     t.add_argument("--device", help="auto, cpu, cuda")
-    t.add_argument("--data-dir", help="where the dataset lives")
+    t.add_argument("--data-dir", help="where the dataset lives (the only place looked)")
+    t.add_argument(
+        "--download", action="store_true", default=None,
+        help="download CIFAR with torchvision when --data-dir (or the cache) lacks it",
+    )  # fmt: skip
     t.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<act>-L<levels>)")
     t.add_argument("--resume", action="store_true", help="continue from the last complete epoch")
-    t.add_argument("--limit-train", type=int, help="use only N training images (quick runs)")
-    t.add_argument("--limit-test", type=int)
+    t.add_argument("--limit-train", type=POS, help="use only N training images (quick runs)")
+    t.add_argument("--limit-test", type=POS)
     t.add_argument("--autoaugment", action="store_true", default=None)
-    t.add_argument("--cutout", type=int)
-    t.add_argument("--nq-steps", type=int, default=4, help="NQ: T_n for σ calibration (default 4)")
+    t.add_argument("--cutout", type=NONNEG)
+    t.add_argument("--nq-steps", type=POS, default=4, help="NQ: T_n for σ calibration (default 4)")
     t.add_argument(
         "--nq-batches",
-        type=int,
+        type=POS,
         help="NQ: calibration batches of the validation split (default 10)",
     )
     t.add_argument("--no-progress", action="store_true")
@@ -86,15 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="time steps to report, e.g. 1,2,4,8 (default 1..32 by powers of 2)",
     )
-    e.add_argument("--T-max", type=int, help="report every step 1..T_max")
-    e.add_argument("--tau", type=int, help="GN: members per group (default: the ANN's L)")
-    e.add_argument("--sleep", type=int, default=0, help="CIF: input-free steps per sleep phase")
+    e.add_argument("--T-max", type=POS, help="report every step 1..T_max")
+    e.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
+    e.add_argument("--sleep", type=NONNEG, default=0, help="CIF: input-free steps per sleep phase")
     e.add_argument(
         "--margin",
-        type=int,
+        type=POS,
         help="CIF: a sleep phase after every M wake steps (default: after all T)",
     )
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=POS, default=256)
     e.add_argument("--device", default="auto")
     e.add_argument(
         "--dtype",
@@ -113,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also report firing rates, SynOps and energy (SNN ÷ ANN) at every T",
     )
     e.add_argument("--data-dir")
-    e.add_argument("--limit-test", type=int)
+    e.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    e.add_argument("--limit-test", type=POS)
     e.add_argument(
         "--out", help="folder for report.json and accuracy_vs_T.png (default: the run folder)"
     )
@@ -134,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a small CNN per method on Fashion-MNIST and print the accuracy-vs-T table.")  # fmt: skip
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--data-dir")
-    d.add_argument("--epochs", type=int, default=3)
-    d.add_argument("--T", type=int, default=16, help="largest T (default 16)")
-    d.add_argument("--sleep", type=int, default=8, help="CASC sleep steps (default 8)")
+    d.add_argument("--epochs", type=POS, default=3)
+    d.add_argument("--T", type=POS, default=16, help="largest T (default 16)")
+    d.add_argument("--sleep", type=NONNEG, default=8, help="CASC sleep steps (default 8)")
     d.add_argument("--methods", default="qcfs,gn,nq,casc")
     d.add_argument("--device", default="auto")
-    d.add_argument("--limit-train", type=int)
-    d.add_argument("--limit-test", type=int)
+    d.add_argument("--limit-train", type=POS)
+    d.add_argument("--limit-test", type=POS)
     d.add_argument("--no-activity", action="store_true", help="skip the SynOps/energy table")
     d.add_argument("--no-progress", action="store_true")
     return p
@@ -155,6 +201,7 @@ def _train(args: argparse.Namespace) -> int:
         "seed": args.seed, "device": args.device, "data_dir": args.data_dir, "out_dir": args.out,
         "limit_train": args.limit_train, "limit_test": args.limit_test,
         "autoaugment": args.autoaugment, "cutout": args.cutout, "init": args.init,
+        "download": args.download,
     }  # fmt: skip
     overrides = {k: v for k, v in mapping.items() if v is not None}
     overrides.update(
@@ -186,7 +233,6 @@ def _dtype(name: str):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
 
     from .checkpoint import load
     from .data import create_loaders
@@ -200,9 +246,7 @@ def _eval(args: argparse.Namespace) -> int:
         write_report,
     )
 
-    device = (
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = resolve_device("--device", args.device)
     model = load(args.checkpoint, map_location=device)
     record = model.ann2snn_record
     mk = record.get("model_kwargs", {})
@@ -212,7 +256,7 @@ def _eval(args: argparse.Namespace) -> int:
             "ann2snn eval: the checkpoint record names no dataset; it was not written by ann2snn train"
         )
     loaders = create_loaders(dataset, data_dir=args.data_dir, batch_size=args.batch_size, device=device,
-                             augment=False, limit_test=args.limit_test)  # fmt: skip
+                             augment=False, limit_test=args.limit_test, download=args.download)  # fmt: skip
     if args.T_max:
         steps = list(range(1, args.T_max + 1))
     else:
@@ -321,21 +365,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ann2snn`` console script."""
+    """Entry point of the ``ann2snn`` console script.
+
+    A user's mistake (a bad argument, a missing file or dataset, an unsupported model, a
+    run folder in use) prints one line, ``ann2snn COMMAND: error: ...``, and exits 2;
+    ``--debug`` shows the traceback instead. Ctrl-C exits 130 with one line.
+    """
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "eval": _eval, "check": _check, "demo": _demo}
-    from .checkpoint import CheckpointError
-    from .conversion import ConversionError
-    from .data import DatasetNotFoundError
-
     try:
         return handlers[args.command](args)
-    except (CheckpointError, ConversionError, DatasetNotFoundError, ValueError) as err:
-        print(f"ann2snn {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except FileExistsError as err:  # train: the run folder already holds a run
-        msg = str(err).replace("pass resume=True", "pass --resume")
-        msg = msg.replace("choose another out_dir", "choose another --out")
+    except KeyboardInterrupt:
+        print(f"ann2snn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error becomes one line (or --debug)
+        if args.debug:
+            raise
+        msg = str(err) or type(err).__name__
+        if isinstance(err, FileExistsError):  # train: the run folder already holds a run
+            msg = msg.replace("pass resume=True", "pass --resume")
+            msg = msg.replace("choose another out_dir", "choose another --out")
+        user_error = isinstance(err, ValueError | FileExistsError | FileNotFoundError | TypeError)
+        if not user_error:
+            msg = f"{type(err).__name__}: {msg} (run with --debug for the traceback)"
         print(f"ann2snn {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

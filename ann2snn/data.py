@@ -86,10 +86,12 @@ def _cache_dir() -> Path:
 
 
 def _roots(data_dir: str | os.PathLike | None) -> list[Path]:
-    """Folders searched first, in order: ``data_dir``, then ``$ANN2SNN_DATA``."""
-    roots = [Path(data_dir).expanduser()] if data_dir is not None else []
+    """Folders searched: ``data_dir`` alone when given (never another copy behind the
+    user's back), else ``$ANN2SNN_DATA`` if set."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
     env = os.environ.get("ANN2SNN_DATA")
-    return roots + ([Path(env).expanduser()] if env else [])
+    return [Path(env).expanduser()] if env else []
 
 
 def _not_found(what: str, looked: list[str], how: str) -> DatasetNotFoundError:
@@ -122,7 +124,20 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     """
     cache, looked = _cache_dir(), []
     subdirs = ("", "fashion-mnist", "FashionMNIST/raw")
-    candidates = [r / s for r in _roots(data_dir) for s in subdirs]
+    if data_dir is not None:
+        # An explicit folder is the only place looked: falling back to another copy would
+        # silently train on data the user did not name.
+        candidates = [Path(data_dir).expanduser() / s for s in subdirs]
+        for folder in candidates:
+            if all(_idx_file(folder, b) for b in _IDX_NAMES):
+                return folder
+        raise _not_found(
+            "Fashion-MNIST",
+            [str(c) for c in candidates],
+            f"put {', '.join(_IDX_NAMES)} (each may be .gz) into --data-dir (data_dir=), or "
+            "leave --data-dir out to use $ANN2SNN_DATA, the Debian package or a download.",
+        )
+    candidates = [r / s for r in _roots(None) for s in subdirs]
     for folder in [*candidates, DEBIAN_FASHION_MNIST_DIR, cache / "FashionMNIST" / "raw"]:
         if all(_idx_file(folder, b) for b in _IDX_NAMES):
             return folder
@@ -138,9 +153,9 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     raise _not_found(
         "Fashion-MNIST",
         looked,
-        "on Debian/Ubuntu `apt-get install dataset-fashion-mnist`; or, with internet, pass "
-        "--download (download=True); or pass --data-dir (data_dir=) naming the folder with "
-        f"{', '.join(_IDX_NAMES)} (each may be .gz).",
+        "on Debian/Ubuntu `apt-get install dataset-fashion-mnist`; or connect to the internet "
+        "(ann2snn then downloads it into the cache by itself); or pass --data-dir (data_dir=) "
+        f"naming the folder with {', '.join(_IDX_NAMES)} (each may be .gz).",
     )
 
 
@@ -190,8 +205,17 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     The real files are Python-2 pickles of numpy arrays (hence ``latin1``); keys are bytes or
     str depending on the writer. Like torchvision this unpickles: read only trusted files.
     """
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
+            AttributeError, ImportError, IndexError) as e:  # fmt: skip
+        raise ValueError(
+            f"{path}: cannot read this CIFAR batch ({type(e).__name__}: {e}); the file is "
+            "damaged or not a CIFAR pickle — download the dataset again"
+        ) from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a CIFAR batch (a {type(d).__name__}, not a dict)")
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     try:
         x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
@@ -206,7 +230,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
 def _load_cifar(name: str, data_dir: str | os.PathLike | None, download: bool) -> list:
     """-> [train_x uint8 [N,3,32,32], train_y int64 [N], test_x, test_y]."""
     folder, train_files, test_files, label_key, _ = _CIFAR[name]
-    roots = _roots(data_dir) + [_cache_dir()]
+    roots = _roots(data_dir) + ([_cache_dir()] if data_dir is None else [])
     files = train_files + test_files
     found = [r / folder for r in roots if all((r / folder / f).is_file() for f in files)]
     looked = [str(r / folder) for r in roots]

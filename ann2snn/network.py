@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .neuron import SpikingNeuron, is_stateful_module, reset
 
-__all__ = ["SpikingNetwork", "biases_off", "device_of"]
+__all__ = ["SpikingNetwork", "biases_off", "device_of", "eval_mode"]
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -30,6 +30,21 @@ def device_of(module: nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Every module (and submodule) in eval mode for the block; each gets back the mode
+    it had, so evaluating never changes the caller's modules nor updates BatchNorm
+    statistics."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
 
 
 def _stateful(net: nn.Module) -> list[nn.Module]:
@@ -67,6 +82,14 @@ class SpikingNetwork(nn.Module):
             m._fold = steps
         try:
             out = self.body(x_seq.reshape(steps * batch, *x_seq.shape[2:]))
+        except RuntimeError as e:
+            # Inside, stateless layers see [T·B, ...]: say what the user passed.
+            raise RuntimeError(
+                f"the spiking network failed on input of shape [T={steps}, B={batch}, "
+                f"{', '.join(map(str, x_seq.shape[2:]))}] (one image: "
+                f"{tuple(x_seq.shape[2:])}); its layers see the T·B = {steps * batch} "
+                f"samples folded into one batch, as in the message below.\n{e}"
+            ) from e
         finally:
             for m in stateful:
                 m._fold = None

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .kernels import compile_unavailable, compiled_kernel, flat_views
+from .validation import finite_number
 
 __all__ = [
     "SpikingNeuron",
@@ -90,6 +91,7 @@ class SpikingNeuron(nn.Module):
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
         if threshold.numel() != 1 or not bool(threshold > 0):
             raise ValueError(f"threshold must be a positive scalar, got {threshold.tolist()}")
+        finite_number("v_init", v_init)
         if step_mode not in ("s", "m"):
             raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
         self.register_buffer("threshold", threshold.reshape(()))
@@ -270,7 +272,8 @@ class GroupNeuron(SpikingNeuron):
         """θ = λ, v(0) = shift·θ/τ, τ defaults to the activation's levels L."""
         spec = _spec_of(act)
         kwargs.setdefault("v_init", spec.shift)
-        return cls(spec.threshold, tau=tau or spec.levels or 4, **kwargs)
+        # tau=0 is refused by the constructor, not replaced by L.
+        return cls(spec.threshold, tau=tau if tau is not None else (spec.levels or 4), **kwargs)
 
     @property
     def quantum(self) -> Tensor:

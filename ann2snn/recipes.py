@@ -97,6 +97,7 @@ RESUMABLE_CHANGES = {
     "data_dir",
     "out_dir",
     "compile",
+    "download",
 }
 
 
@@ -141,6 +142,7 @@ class TrainConfig:
     cutout: int = 0
     act_kwargs: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
+    download: bool = False
     progress: bool = True
     resume: bool = False
 

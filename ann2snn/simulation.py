@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .monitor import ActivityMonitor, ActivityReport
-from .network import SpikingNetwork, device_of
+from .network import SpikingNetwork, device_of, eval_mode
+from .validation import finite_input, positive_int
 
 __all__ = ["Schedule", "Phase", "SimulationResult", "LayerDiff", "simulate", "run", "compare",
            "activity", "run_schedule", "default_max_fold"]  # fmt: skip
@@ -47,12 +48,10 @@ class Schedule:
     margin: int | None = None
 
     def __post_init__(self) -> None:
-        if self.wake < 1:
-            raise ValueError(f"T (wake steps) must be >= 1, got {self.wake}")
-        if self.sleep < 0:
-            raise ValueError(f"sleep must be >= 0, got {self.sleep}")
-        if self.margin is not None and self.margin < 1:
-            raise ValueError(f"margin must be >= 1, got {self.margin}")
+        positive_int("T (wake steps)", self.wake)
+        positive_int("sleep", self.sleep, minimum=0)
+        if self.margin is not None:
+            positive_int("margin", self.margin)
 
     def phases(self) -> list[Phase]:
         """The phases in order, e.g. [wake 4, sleep 8, wake 4, sleep 8]."""
@@ -172,14 +171,16 @@ def run(
     """
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
-    snn.reset()
+    finite_input(x, "run")
     device = device_of(snn)
     x = x.to(device)
     total = None
-    for out in run_schedule(snn, x, schedule, max_fold or default_max_fold(device)):
-        s = out.float().sum(0)
-        total = s if total is None else total + s
-    snn.reset()
+    with eval_mode(snn):
+        snn.reset()
+        for out in run_schedule(snn, x, schedule, max_fold or default_max_fold(device)):
+            s = out.float().sum(0)
+            total = s if total is None else total + s
+        snn.reset()
     return total / T
 
 
@@ -213,7 +214,7 @@ def simulate(
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
     device = torch.device(device) if device is not None else device_of(snn)
-    snn = snn.to(device).eval()
+    snn = snn.to(device)
     max_fold = max_fold or default_max_fold(device)
     wake_idx, total_idx = schedule.step_index()
     correct = torch.zeros(len(total_idx), dtype=torch.long, device=device)
@@ -227,7 +228,9 @@ def simulate(
     start = time.perf_counter()
     monitor = None
     with contextlib.ExitStack() as stack:  # the monitor's hooks go, whatever happens
-        for x, y in _batches(data):
+        stack.enter_context(eval_mode(snn))  # and the caller's modes come back
+        for b, (x, y) in enumerate(_batches(data)):
+            finite_input(x, f"simulate: batch {b}")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if activity and monitor is None:
                 monitor = stack.enter_context(ActivityMonitor(snn, x))
@@ -250,6 +253,8 @@ def simulate(
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     bar.close()
+    if images == 0:
+        raise ValueError("simulate: data yielded no batches; pass a non-empty loader or (x, y)")
     accuracy = (correct.double() / max(images, 1)).tolist()
     return SimulationResult(
         accuracy=accuracy,
@@ -320,6 +325,13 @@ def compare(
     mode (identical to ``ann(x)``; checked on the output).
     """
     _check_snn(snn)
+    finite_input(x, "compare")
+    with eval_mode(ann, snn):
+        return _compare(ann, snn, x, Schedule(T, sleep, margin))
+
+
+def _compare(ann: nn.Module, snn: SpikingNetwork, x: Tensor, schedule: Schedule) -> list[LayerDiff]:
+    T = schedule.wake
     device = device_of(snn)
     x = x.to(device)
     layers = list(snn.spiking_layers())
@@ -333,7 +345,7 @@ def compare(
     finally:
         for h in handles:
             h.remove()
-    ref = ann.eval().to(device)(x).float()
+    ref = ann.to(device)(x).float()
     if not torch.allclose(ref, ann_out, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
         raise ValueError("ann and snn disagree in ANN mode: was snn converted from this ann?")
     for _, n in layers:
@@ -342,8 +354,7 @@ def compare(
     try:
         # One run of the schedule: accumulate the output, and each neuron its emitted sum.
         total = sum(
-            out.float().sum(0)
-            for out in run_schedule(snn, x, Schedule(T, sleep, margin), default_max_fold(device))
+            out.float().sum(0) for out in run_schedule(snn, x, schedule, default_max_fold(device))
         )
         snn_out = total / T
         rates = {name: n.recorded.float() / T for name, n in layers}

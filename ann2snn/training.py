@@ -54,6 +54,7 @@ from .models.external import is_external, load_pretrained
 from .network import device_of
 from .preparation import is_prepared, prepare
 from .recipes import PRESETS, RESUMABLE_CHANGES, TrainConfig
+from .validation import resolve_device
 
 __all__ = [
     "TrainConfig",
@@ -255,10 +256,7 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _resolve_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | None, bool]:
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
+    device = resolve_device("device", config.device)
     cuda = device.type == "cuda"
     if cuda:
         # Fixed input shapes every step: let cuDNN time its algorithms once and keep the best.
@@ -491,6 +489,7 @@ def train(
             cutout=config.cutout,
             limit_train=config.limit_train,
             limit_test=config.limit_test,
+            download=config.download,
         )
     _check_loaders(loaders)
     log = sys.stderr if config.progress else None

@@ -115,6 +115,7 @@ def test_corrupted_weights_are_refused(saved, damage):
 def test_unreadable_header_is_refused(saved):
     run, _ = saved
     record = json.loads((run / "last.json").read_text())
+    del record["record_sha256"]  # a record of before record hashes, and
     del record["weights_sha256"]  # no hash to catch it first: the header parse must
     (run / "last.json").write_text(json.dumps(record))
     path = run / "last.safetensors"
@@ -297,3 +298,39 @@ def test_record_values_are_strict_json(tmp_path):
         ckpt.save_checkpoint(tmp_path, _trained_tiny(), {"model": "tiny"})
     with pytest.raises(ValueError, match="tag"):
         ckpt.save_checkpoint(tmp_path, _trained_tiny(), _record(), tag="../x")
+
+
+# ----------------------------------------------------------------------------- record integrity
+
+
+def test_an_edited_record_is_refused(saved):
+    """Editing model_kwargs.levels from 4 to 8 used to load a different model silently."""
+    run, _ = saved
+    record = json.loads((run / "last.json").read_text())
+    record["model_kwargs"]["levels"] = 8
+    (run / "last.json").write_text(json.dumps(record, indent=2))
+    with pytest.raises(
+        CheckpointError, match=r"last\.json: the record was changed after it was written"
+    ):
+        ckpt.load(run)
+    with pytest.raises(CheckpointError, match="record was changed"):
+        ckpt.load_record(run)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("model_kwargs", [4], "field 'model_kwargs' must be an object, got list"),
+        ("model", 3, "field 'model' must be a string, got int"),
+        ("prepare", "qcfs", "field 'prepare' must be an object or null, got str"),
+        ("epoch", "2", "field 'epoch' must be an integer or null, got str"),
+    ],
+)
+def test_wrongly_typed_fields_are_named_with_the_file(saved, field, value, match):
+    run, _ = saved
+    record = json.loads((run / "last.json").read_text())
+    record[field] = value
+    record["record_sha256"] = ckpt.record_digest(record)  # a consistent but wrong record
+    (run / "last.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=match):
+        ckpt.load(run)

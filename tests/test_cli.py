@@ -307,11 +307,19 @@ def test_missing_dataset_exits_2_and_lists_where_it_looked(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("ann2snn train: error: Fashion-MNIST not found. Looked in:")
-    for place in (given, given / "fashion-mnist", env_dir, env_dir / "FashionMNIST" / "raw",
-                  tmp_path / "no-debian", tmp_path / "xdg-cache" / "ann2snn"):  # fmt: skip
+    # --data-dir names the one place to look: no silent fall-back to $ANN2SNN_DATA & co.
+    for place in (given, given / "fashion-mnist", given / "FashionMNIST" / "raw"):
+        assert f"  - {place}" in err, place
+    assert str(env_dir) not in err and "--data-dir" in err
+    # Without --data-dir every other place is listed.
+    rc = main(_train_args(given, out)[:5] + _train_args(given, out)[7:])
+    err = capsys.readouterr().err
+    assert rc == 2
+    for place in (env_dir, env_dir / "FashionMNIST" / "raw", tmp_path / "no-debian",
+                  tmp_path / "xdg-cache" / "ann2snn"):  # fmt: skip
         assert f"  - {place}" in err, place
     assert "torchvision download" in err and "network disabled in tests" in err
-    assert "apt-get install dataset-fashion-mnist" in err and "--data-dir" in err
+    assert "apt-get install dataset-fashion-mnist" in err
     assert "Traceback" not in err
     assert not out.exists()  # nothing written
     # eval of a good checkpoint without its data fails the same way.

@@ -210,7 +210,13 @@ def test_find_fashion_mnist_layouts(tmp_path, monkeypatch):
     monkeypatch.delenv("ANN2SNN_DATA")
     make_fashion(tmp_path / "deb")
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "deb")
-    assert find_fashion_mnist(tmp_path / "nothing") == tmp_path / "deb"
+    assert find_fashion_mnist() == tmp_path / "deb"
+    # A --data-dir that holds no data is an error, never a silent fall-back to another copy.
+    with pytest.raises(DatasetNotFoundError) as info:
+        find_fashion_mnist(tmp_path / "nothing")
+    assert str(tmp_path / "nothing") in str(info.value) and str(tmp_path / "deb") not in str(
+        info.value
+    )
 
 
 def test_missing_fashion_mnist_lists_every_place(tmp_path, monkeypatch):
@@ -218,16 +224,16 @@ def test_missing_fashion_mnist_lists_every_place(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("ANN2SNN_DATA", str(empty))
     with pytest.raises(DatasetNotFoundError) as info:
-        create_loaders("fashion-mnist", data_dir=tmp_path / "nothing")
+        create_loaders("fashion-mnist")
     message = str(info.value)
-    for root in (tmp_path / "nothing", empty):
+    for root in (empty,):
         for sub in (root, root / "fashion-mnist", root / "FashionMNIST" / "raw"):
             assert str(sub) in message
     assert str(tmp_path / "no-debian") in message
     assert str(tmp_path / "xdg-cache" / "ann2snn") in message
     assert "network disabled in tests" in message
     assert "apt-get install dataset-fashion-mnist" in message
-    assert "--download" in message and "--data-dir" in message
+    assert "internet" in message and "--data-dir" in message
     assert isinstance(info.value, FileNotFoundError)
 
 
@@ -324,9 +330,14 @@ def test_missing_cifar(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError) as info:
         create_loaders("cifar100", tmp_path / "nothing")
     message = str(info.value)
-    for root in (tmp_path / "nothing", tmp_path / "env", tmp_path / "xdg-cache" / "ann2snn"):
-        assert str(root / "cifar-100-python") in message
+    # An explicit data_dir is the only place looked (no silent fall-back to other copies).
+    assert str(tmp_path / "nothing" / "cifar-100-python") in message
+    assert str(tmp_path / "env") not in message
     assert "--download" in message and "--data-dir" in message
+    with pytest.raises(DatasetNotFoundError) as info:
+        create_loaders("cifar100")
+    for root in (tmp_path / "env", tmp_path / "xdg-cache" / "ann2snn"):
+        assert str(root / "cifar-100-python") in str(info.value)
 
 
 # --- augmentation kernels -----------------------------------------------------------------
