@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .kernels import flat_views
+from .validation import finite_number, positive_int
 
 __all__ = [
     "QCFS",
@@ -190,12 +191,11 @@ class QCFS(nn.Module):
 
     def __init__(self, levels: int = 4, init_threshold: float = 8.0, shift: float = 0.5):
         super().__init__()
-        if int(levels) != levels or levels < 1:
-            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        self.levels = positive_int("levels", levels)
+        init_threshold = finite_number("init_threshold", init_threshold)
         if not init_threshold > 0:
             raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
-        self.levels = int(levels)
-        self.shift = float(shift)
+        self.shift = finite_number("shift", shift)
         self.log_threshold = nn.Parameter(torch.tensor(math.log(init_threshold)))
 
     @property
@@ -307,9 +307,7 @@ class ClipQuant(nn.Module):
 
     def __init__(self, levels: int = 8):
         super().__init__()
-        if int(levels) != levels or levels < 1:
-            raise ValueError(f"levels must be a positive integer, got {levels!r}")
-        self.levels = int(levels)
+        self.levels = positive_int("levels", levels)
         self.register_buffer("_threshold", torch.tensor(1.0), persistent=False)
 
     @property

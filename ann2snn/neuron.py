@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .kernels import compile_unavailable, compiled_kernel, flat_views
-from .validation import finite_number
+from .validation import finite_number, positive_int
 
 __all__ = [
     "SpikingNeuron",
@@ -263,9 +263,7 @@ class GroupNeuron(SpikingNeuron):
         compiled: bool = False,
     ):
         super().__init__(threshold, v_init=v_init, step_mode=step_mode, compiled=compiled)
-        if int(tau) != tau or tau < 1:
-            raise ValueError(f"tau must be a positive integer, got {tau!r}")
-        self.tau = int(tau)
+        self.tau = positive_int("tau", tau)
 
     @classmethod
     def from_activation(cls, act: nn.Module, tau: int | None = None, **kwargs) -> GroupNeuron:
@@ -342,9 +340,7 @@ class ConsistentIF(SpikingNeuron):
         compiled: bool = False,
     ):
         super().__init__(threshold, v_init=v_init, step_mode=step_mode, compiled=compiled)
-        if int(gamma) != gamma or gamma < 1:
-            raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
-        self.gamma = int(gamma)
+        self.gamma = positive_int("gamma", gamma)
         self.negative_spikes = bool(negative_spikes)
         self.sleeping = False
         self.count: Tensor | None = None  # N, same shape as v
