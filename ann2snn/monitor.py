@@ -181,9 +181,11 @@ class ActivityMonitor:
             if module._ann_mode:
                 return
             steps = module._fold or 1
-            # [T·B, ...] → [T, B, ...] → events per element, summed over the batch.
-            events = torch.round(out.detach().float().abs() / quantum)
-            events = events.unflatten(0, (steps, -1)).sum(1)  # [T, ...]
+            # [T·B, ...] → Σ over the batch of |emitted| per step and element, [T, ...]: one
+            # pass over the big tensor (an L1 norm), the rest on the small reduced one.
+            folded = out.detach().unflatten(0, (steps, -1))
+            events = torch.linalg.vector_norm(folded, ord=1, dim=1, dtype=torch.float32)
+            events = events.div_(quantum).round_()  # a sum of whole spike counts
             self._batch[name].append(events.flatten(1).sum(1))  # [T]
             self._batch_synops[name].append((events * fan).flatten(1).sum(1))  # [T]
 

@@ -49,9 +49,11 @@ from .checkpoint import (
     sha256_file,
 )
 from .data import create_loaders
+from .lock import RunLock
 from .models import create_model
 from .models.external import is_external, load_pretrained
 from .network import device_of
+from .noise import nq_epoch_hook
 from .preparation import is_prepared, prepare
 from .recipes import PRESETS, RESUMABLE_CHANGES, TrainConfig
 from .validation import resolve_device
@@ -456,7 +458,16 @@ def train(
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and resume is off.
+        RunFolderBusyError: another process is writing to ``out_dir`` (a `FileExistsError`
+            naming its pid and host); a lock left by a killed run is taken over.
     """
+    with RunLock(config.out_dir):
+        return _train(config, hooks, resume, model, loaders)
+
+
+def _train(
+    config: TrainConfig, hooks: Any, resume: bool | None, model: nn.Module | None, loaders: Any
+) -> dict:
     resume = config.resume if resume is None else resume
     run_dir = Path(config.out_dir)
     saved = None
@@ -529,6 +540,9 @@ def train(
         start = 0
     record["runtime"] = setup.runtime()
     on_epoch_end = _hook(hooks, "on_epoch_end")
+    if on_epoch_end is None and config.act == "nq":
+        # NQ without its per-epoch σ calibration would silently train with σ = 0.
+        on_epoch_end = nq_epoch_hook(log=log)
     if log is not None:
         n_params = sum(p.numel() for p in model.parameters())
         what = f"resuming after epoch {start}" if saved is not None else "training"

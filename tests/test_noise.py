@@ -370,3 +370,14 @@ def test_nq_training_calibrates_sigma_each_epoch_and_selects_on_snn_accuracy(tmp
     assert float(noisy_layers(load(run_dir))["features.2"].sigma) == pytest.approx(
         log[best - 1]["after"]
     )
+
+
+def test_train_attaches_nq_calibration_itself(tmp_path, one_thread):
+    """`train(TrainConfig(act="nq"))` from Python used to train with σ = 0 throughout."""
+    cfg = TrainConfig(model="tiny", dataset="synthetic", act="nq", levels=8, epochs=1,
+                      batch_size=16, lr=0.05, device="cpu", out_dir=str(tmp_path / "run"),
+                      progress=False)  # fmt: skip
+    record = train_tiny(cfg)  # no hooks passed
+    sigma = record["extra"]["sigma"]
+    assert sigma and max(sigma.values()) > 0
+    assert record["metrics"]["history"][0]["select_metric"] == record["extra"]["snn_val_acc"]

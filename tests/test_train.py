@@ -21,6 +21,7 @@ from _tiny import train_tiny
 from torch import nn
 
 from ann2snn import checkpoint as ckpt
+from ann2snn import lock as ckpt_lock
 from ann2snn._progress import ProgressBar
 from ann2snn.training import (
     PRESETS,
@@ -28,6 +29,7 @@ from ann2snn.training import (
     evaluate,
     lr_at,
     param_groups,
+    train,
     train_one_epoch,
 )
 
@@ -315,3 +317,51 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     for k in want:
         assert torch.equal(got[k], want[k]), k
     ckpt.load(run)  # the final folder is a valid checkpoint
+
+
+# ----------------------------------------------------------------------------- one writer
+
+
+def test_a_second_writer_is_refused_and_the_first_run_completes(tmp_path):
+    """Two trainings into one folder used to both print "done", leaving a mix of the two."""
+    run, marker = tmp_path / "run", tmp_path / "started"
+    cfg = asdict(_config(run, epochs=2))
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), json.dumps(cfg), "0", str(marker), "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 50
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"worker exited early:\n{proc.stdout.read().decode()}")
+            assert time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.05)
+        for resume in (False, True):
+            with pytest.raises(
+                ckpt_lock.RunFolderBusyError, match=rf"in use by process {proc.pid} on host"
+            ):
+                train_tiny(_config(run, epochs=2, lr=0.1), resume=resume)
+        assert proc.wait(120) == 0, proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    record = ckpt.load_record(run / "last.json")
+    assert record["epoch"] == 2 and record["recipe"]["lr"] == 0.05  # the first run's, whole
+    ckpt.load(run)
+    assert not (run / ".lock").exists()
+
+
+def test_a_lock_from_another_host_is_never_broken(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
+    with pytest.raises(FileExistsError, match=r"in use by process 1 on host elsewhere.*delete"):
+        train_tiny(_config(run))
+    assert (run / ".lock").exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    with pytest.raises(TypeError, match="loaders"):
+        train(_config(tmp_path / "never"), loaders=object())
+    assert not (tmp_path / "never").exists()
