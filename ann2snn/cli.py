@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also report firing rates, SynOps and energy (SNN ÷ ANN) at every T",
     )
+    e.add_argument(
+        "--activity-batches", type=POS, help="count activity on the first N batches (default all)"
+    )
     e.add_argument("--data-dir")
     e.add_argument("--download", action="store_true", help="download CIFAR if missing")
     e.add_argument("--limit-test", type=POS)
@@ -272,6 +275,7 @@ def _eval(args: argparse.Namespace) -> int:
         options["compiled"] = True
     if args.activity:
         options["activity"] = True
+        options["activity_batches"] = args.activity_batches
     calibration = loaders.val if mk.get("act", record.get("activation")) == "relu" else None
     label = f"{mk.get('act', '?')}+{args.neuron}" + (
         f" (tau={options['tau']})" if "tau" in options else ""

@@ -49,6 +49,7 @@ class DemoConfig:
     limit_test: int | None = None
     progress: bool = True
     activity: bool = True  # SynOps and energy per T (ann2snn.activity), printed as a table
+    activity_batches: int | None = 8  # counted on the first 8 test batches (2,048 images)
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - {"qcfs", "gn", "nq", "casc"}
@@ -94,7 +95,7 @@ def evaluate_wake_sleep(
                     "firing_rate_by_wake"):  # fmt: skip
             if key in r:
                 row.setdefault(key, {})[str(t)] = r[key][str(t)]
-        for key in ("ann_macs", "layer_firing_rates", "energy_model"):
+        for key in ("ann_macs", "layer_firing_rates", "energy_model", "activity_images"):
             if key in r:
                 row[key] = r[key]
         row["wall_time"] += r["wall_time"]
@@ -155,6 +156,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
                         progress=cfg.progress,
                         label=f"QCFS+IF (L={cfg.levels})",
                         activity=cfg.activity,
+                        activity_batches=cfg.activity_batches,
                     ),
                     "ann_accuracy": acc,
                 }
@@ -171,6 +173,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
                         progress=cfg.progress,
                         label=f"QCFS+GN (tau={cfg.levels})",
                         activity=cfg.activity,
+                        activity_batches=cfg.activity_batches,
                     ),
                     "ann_accuracy": acc,
                 }
@@ -181,7 +184,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         )
         timings["train_nq_s"] = secs
         row = evaluate_snn(model, test, "if", T=cfg.T, progress=cfg.progress,
-                           label=f"NQ+IF (L={cfg.levels})", activity=cfg.activity)  # fmt: skip
+                           label=f"NQ+IF (L={cfg.levels})", activity=cfg.activity,
+                           activity_batches=cfg.activity_batches)  # fmt: skip
         row["ann_accuracy"] = ann_accuracy(model, test)
         row["sigma"] = record.get("extra", {}).get("sigma")
         rows.append(row)
@@ -189,7 +193,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         model, _, secs = _train(cfg, "casc", "clipq", cfg.casc_levels)
         timings["train_casc_s"] = secs
         row = evaluate_wake_sleep(model, test, steps, cfg.casc_sleep, cfg.progress,
-                                  label=f"CASC (Q={cfg.casc_levels})", activity=cfg.activity)  # fmt: skip
+                                  label=f"CASC (Q={cfg.casc_levels})", activity=cfg.activity,
+                                  activity_batches=cfg.activity_batches)  # fmt: skip
         row["ann_accuracy"] = ann_accuracy(model, test)
         rows.append(row)
 

@@ -196,6 +196,11 @@ class ActivityMonitor:
             self._handles.append(neuron.register_forward_hook(self._hook(name)))
         return self
 
+    @property
+    def counting(self) -> bool:
+        """Whether the hooks are in place (between ``__enter__`` and ``__exit__``)."""
+        return bool(self._handles)
+
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
             h.remove()

@@ -64,6 +64,7 @@ def evaluate_snn(
     label: str | None = None,
     calibration: Any = None,
     activity: bool = False,
+    activity_batches: int | None = None,
     **convert_options: Any,
 ) -> dict[str, Any]:
     """Convert ``model`` with ``neuron`` and simulate T wake steps; a JSON-able row.
@@ -71,7 +72,7 @@ def evaluate_snn(
     With ``activity=True`` the row also holds what the spikes cost (`cost_columns`)."""
     snn = convert(model, neuron, calibration=calibration, **convert_options)
     res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, dtype=dtype,
-                   progress=progress, activity=activity)  # fmt: skip
+                   progress=progress, activity=activity, activity_batches=activity_batches)  # fmt: skip
     row = {
         "label": label or neuron,
         "neuron": neuron,
@@ -106,6 +107,7 @@ def cost_columns(rep: ActivityReport, wake: int | None = None) -> dict[str, Any]
         "energy_ratio_by_wake": {k: by_wake[k]["energy_ratio"] for k in keys},
         "firing_rate_by_wake": {k: by_wake[k]["firing_rate"] for k in keys},
         "layer_firing_rates": {layer.name: layer.firing_rate()[last] for layer in rep.layers},
+        "activity_images": rep.images,
         "energy_model": {"e_mac": E_MAC, "e_ac": E_AC},
     }
 
@@ -176,8 +178,10 @@ def format_cost_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> s
     """Markdown table of what the spikes cost: SNN energy ÷ ANN energy at each T, and
     SynOps per image (rows evaluated with ``activity=True``)."""
     head = ["method", "ANN MACs"] + [f"T={t}" for t in steps]
+    counted = {r.get("activity_images") for r in rows if "energy_ratio_by_wake" in r}
+    on = f", on {counted.pop():,} test images" if len(counted) == 1 and None not in counted else ""
     lines = [
-        "SNN energy / ANN energy (SynOps per image), "
+        f"SNN energy / ANN energy (SynOps per image{on}), "
         f"{E_AC * 1e12:.1f} pJ per AC, {E_MAC * 1e12:.1f} pJ per MAC",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",

@@ -196,6 +196,7 @@ def simulate(
     progress: bool = True,
     dtype: torch.dtype | None = None,
     activity: bool = False,
+    activity_batches: int | None = None,
 ) -> SimulationResult:
     """Accuracy after each step t = 1..T (plus sleep steps) from one run of the schedule.
 
@@ -210,9 +211,14 @@ def simulate(
         dtype: run layers in this dtype (e.g. torch.bfloat16) under autocast; membranes stay fp32.
         activity: also count spikes, SynOps and MACs after every step (an
             `ActivityReport` in ``result.activity``; hooks, off by default).
+        activity_batches: count only the first N batches (their images are the report's
+            ``images``); counting touches every neuron output once more, so a few batches
+            estimate the per-image cost at a fraction of the time. Default: all.
     """
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
+    if activity_batches is not None:
+        positive_int("activity_batches", activity_batches)
     device = torch.device(device) if device is not None else device_of(snn)
     snn = snn.to(device)
     max_fold = max_fold or default_max_fold(device)
@@ -245,8 +251,10 @@ def simulate(
                     correct[i : i + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
                     acc_out, i = cum[-1], i + out.shape[0]
             images += y.shape[0]
-            if monitor is not None:
+            if monitor is not None and monitor.counting:
                 monitor.end_batch(y.shape[0])
+                if activity_batches is not None and b + 1 >= activity_batches:
+                    monitor.__exit__(None, None, None)  # the rest runs hook-free
             bar.update(1)
     snn.reset()
     if device.type == "cuda":

@@ -169,3 +169,14 @@ def test_a_monitor_leaves_no_hooks_behind_even_when_the_data_fails():
     with pytest.raises(OSError, match="disk gone"):
         simulate(snn, batches(), T=2, progress=False, activity=True)
     assert all(not n._forward_hooks for _, n in snn.spiking_layers())
+
+
+def test_activity_can_be_counted_on_the_first_batches_only():
+    torch.manual_seed(3)
+    snn = convert(ann2snn.create_model("cnn", num_classes=10, in_channels=1, image_size=28).eval())
+    batches = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))) for _ in range(3)]
+    res = simulate(snn, batches, T=2, progress=False, activity=True, activity_batches=2)
+    assert res.activity.images == 8 and res.images == 12  # accuracy still on every batch
+    assert all(not n._forward_hooks for _, n in snn.spiking_layers())
+    alone = ann2snn.activity(snn, batches[:2], T=2)
+    assert alone.synops == res.activity.synops
