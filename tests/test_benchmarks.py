@@ -207,3 +207,13 @@ def test_activity_cost_tiny(tmp_path):
                                "--repeats", "1", "--out", str(out)])  # fmt: skip
     (row,) = json.loads(out.read_text())["rows"]
     assert _finite_positive(row["off_s"]) and _finite_positive(row["on_over_off"])
+
+
+def test_bad_inputs_tiny(fmnist, tmp_path):
+    out = tmp_path / "bad.json"
+    tree = str(BENCH.parent)
+    _main("bad_inputs.py")(["--tree", tree, "--data-dir", str(fmnist), "--out", str(out),
+                            "--cases", "tau = 0,eval --batch-size 0"])  # fmt: skip
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["tau = 0"]["outcome"] == "named error" and "tau" in rows["tau = 0"]["detail"]
+    assert rows["eval --batch-size 0"]["outcome"] == "named error"
