@@ -33,26 +33,26 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return value
+def _number_above(minimum: float, inclusive: bool):
+    """argparse type: a finite number > ``minimum`` (>= when ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = value >= minimum if inclusive else value > minimum
+        if not (ok and value < float("inf")):
+            rel = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {rel} {minimum}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
+_positive_float, _non_negative_float = _number_above(0, False), _number_above(0, True)
 POS, NONNEG = _int_at_least(1), _int_at_least(0)
 
 

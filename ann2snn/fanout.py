@@ -60,10 +60,20 @@ def _is_tensor(v: Any) -> bool:
     return isinstance(v, Tensor) and v.is_floating_point()
 
 
-def _conv_taps(x: Tensor, kernel: tuple[int, ...], stride, padding, dilation) -> Tensor:
-    """``[spatial...]``: how many kernel taps of a convolution read each input position."""
+def _conv_taps(
+    x: Tensor, kernel: tuple[int, ...], stride, padding, dilation, output_padding=None
+) -> Tensor:
+    """``[spatial...]``: how many kernel taps of a convolution read each input position
+    (for a transposed convolution, ``output_padding`` given: how many outputs each input
+    position writes to)."""
     d = len(kernel)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
+    if output_padding is not None:
+        convt = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[d]
+
+        def conv(t, w, b, s, p, dil):
+            return convt(t, w, b, s, p, output_padding, 1, dil)
+    else:
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
     probe = torch.zeros(
         (1, 1, *x.shape[-d:]), dtype=torch.float64, device=x.device, requires_grad=True
     )
@@ -74,11 +84,13 @@ def _conv_taps(x: Tensor, kernel: tuple[int, ...], stride, padding, dilation) ->
     return taps[0, 0]
 
 
-def _conv_fanout(x: Tensor, weight_shape: torch.Size, groups: int, stride, padding, dilation) -> Tensor:  # fmt: skip
+def _conv_fanout(x: Tensor, weight_shape: torch.Size, groups: int, stride, padding, dilation,
+                 output_padding=None) -> Tensor:  # fmt: skip
     """Fan-out map of a convolution's input ``x`` (one image, ``[C, spatial...]``)."""
     kernel = tuple(weight_shape[2:])
-    taps = _conv_taps(x, kernel, stride, padding, dilation)
-    per_group = weight_shape[0] // groups  # out_channels/groups outputs per tap
+    taps = _conv_taps(x, kernel, stride, padding, dilation, output_padding)
+    # out_channels/groups outputs per tap (a transposed conv's weight is [C_in, C_out/g, k...]).
+    per_group = weight_shape[1] if output_padding is not None else weight_shape[0] // groups
     return (taps * per_group).expand(x.shape)  # [C, spatial...], the same for every channel
 
 
@@ -140,9 +152,10 @@ def _send_back(node: fx.Node, module: nn.Module | None, values: dict, f_out: Any
     x = values[inputs[0]]
     first = {inputs[0]: None}
     # Weighted layers: terminal (their outputs reach neurons, not synapses).
-    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+    if isinstance(module, nn.modules.conv._ConvNd):
         first[inputs[0]] = _conv_fanout(x[0], module.weight.shape, module.groups,
-                                        module.stride, module.padding, module.dilation).unsqueeze(0)  # fmt: skip
+                                        module.stride, module.padding, module.dilation,
+                                        module.output_padding if module.transposed else None).unsqueeze(0)  # fmt: skip
         return first
     if isinstance(module, nn.Linear):
         first[inputs[0]] = torch.full_like(x, float(module.out_features), dtype=torch.float64)

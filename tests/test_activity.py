@@ -180,3 +180,13 @@ def test_activity_can_be_counted_on_the_first_batches_only():
     assert all(not n._forward_hooks for _, n in snn.spiking_layers())
     alone = ann2snn.activity(snn, batches[:2], T=2)
     assert alone.synops == res.activity.synops
+
+
+def test_transposed_convolution_fanout_counts_the_outputs_each_input_writes():
+    model = nn.Sequential(_conv(1, 2, 1, 1.0), QCFS(4, 1.0),
+                          nn.ConvTranspose2d(2, 6, 3, stride=2, padding=1, groups=2)).eval()  # fmt: skip
+    snn = convert(model, "if")
+    fan = fanout_maps(snn, torch.ones(1, 1, 3, 3))["1"]
+    # Output 5×5; input i writes rows 2i-1..2i+1 ∩ [0, 4]: 2, 3, 2 rows; 3 outputs per group.
+    rows = torch.tensor([2.0, 3.0, 2.0])
+    torch.testing.assert_close(fan[0], 3 * torch.outer(rows, rows))

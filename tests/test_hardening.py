@@ -147,7 +147,7 @@ CLI_ERRORS = [
     (["eval", "ROOT/none", "--data-dir", "DATA"], "file not found"),
     (["eval", "RUN", "--data-dir", "ROOT/empty"], "Fashion-MNIST not found"),
     (["train", "--model", "cnn", "--dataset", "fashion-mnist", "--epochs", "0"], "--epochs: must be >= 1"),
-    (["train", "--model", "cnn", "--dataset", "fashion-mnist", "--lr", "nan"], "--lr: must be a positive finite"),
+    (["train", "--model", "cnn", "--dataset", "fashion-mnist", "--lr", "nan"], "--lr: must be a finite number > 0"),
     (["train", "--model", "cnn", "--dataset", "mnist", "--data-dir", "DATA", "--out", "ROOT/x1"], "mnist"),
     (["train", "--model", "nosuchnet", "--dataset", "fashion-mnist", "--data-dir", "DATA", "--out", "ROOT/x2"], "unknown model 'nosuchnet'"),
     (["train", "--model", "torchvision:resnet81", "--dataset", "fashion-mnist", "--data-dir", "DATA", "--out", "ROOT/x3"], "did you mean resnet18"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_unchanged, model_signature
+from conftest import assert_unchanged, model_signature, randomize
 from torch import Tensor, nn
 
 import ann2snn
@@ -14,20 +14,6 @@ from ann2snn.activations import register_activation
 from ann2snn.training import train_one_epoch
 
 torchvision = pytest.importorskip("torchvision")
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters (random-init nets are too tame)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.2 * torch.randn(c, generator=g))
-    return model.eval()
 
 
 class Spellings(nn.Module):
@@ -149,7 +135,7 @@ def test_torchvision_models_prepare_and_convert_exactly_with_gn(name):
     """prepare(act="qcfs", L=4) → convert(gn, τ=4) equals the prepared ANN at T = 1; with
     IF neurons the SNN's output approaches the ANN's as T grows."""
     torch.manual_seed(0)
-    model = randomize_bn(torchvision.models.get_model(name, num_classes=10))
+    model = randomize(torchvision.models.get_model(name, num_classes=10), 0)
     x = torch.randn(4, 3, 32, 32)
     p = prepare(model, "qcfs", levels=4, calibration=torch.randn(8, 3, 32, 32)).eval()
     assert check(p, "gn").ok and check(p, "if").ok
@@ -165,7 +151,7 @@ def test_torchvision_models_prepare_and_convert_exactly_with_gn(name):
 
 def test_timm_resnet18_prepares_and_converts_exactly():
     timm = pytest.importorskip("timm")
-    model = randomize_bn(timm.create_model("resnet18", num_classes=10))
+    model = randomize(timm.create_model("resnet18", num_classes=10), 0)
     p = prepare(model, calibration=torch.randn(8, 3, 32, 32)).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

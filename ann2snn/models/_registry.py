@@ -63,25 +63,7 @@ def create_model(
     Builder-specific keywords (``dropout`` of ``vgg16``) travel through ``act_kwargs``.
     """
     check_pool(pool)
-    if is_external(name):
-        return build_external(
-            name,
-            num_classes=_check_positive_int("num_classes", num_classes),
-            in_channels=_check_positive_int("in_channels", in_channels),
-            act=act,
-            levels=levels,
-            pool=pool,
-            image_size=_check_positive_int("image_size", image_size),
-            **act_kwargs,
-        )
-    try:
-        builder = _MODELS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown model {name!r}; choose one of {', '.join(list_models())}, or "
-            "torchvision:NAME, timm:NAME, package.module:function"
-        ) from None
-    return builder(
+    kwargs = dict(
         num_classes=_check_positive_int("num_classes", num_classes),
         in_channels=_check_positive_int("in_channels", in_channels),
         act=act,
@@ -90,3 +72,13 @@ def create_model(
         image_size=_check_positive_int("image_size", image_size),
         **act_kwargs,
     )
+    if is_external(name):
+        return build_external(name, **kwargs)
+    try:
+        builder = _MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(list_models())}, or "
+            "torchvision:NAME, timm:NAME, package.module:function"
+        ) from None
+    return builder(**kwargs)
