@@ -89,8 +89,10 @@ class SpikingNeuron(nn.Module):
     ):
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
-        if threshold.numel() != 1 or not bool(threshold > 0):
-            raise ValueError(f"threshold must be a positive scalar, got {threshold.tolist()}")
+        if threshold.numel() != 1 or not bool(threshold > 0) or not bool(threshold.isfinite()):
+            raise ValueError(
+                f"threshold must be a positive finite scalar, got {threshold.tolist()}"
+            )
         finite_number("v_init", v_init)
         if step_mode not in ("s", "m"):
             raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")

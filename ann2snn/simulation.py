@@ -148,6 +148,23 @@ def run_schedule(
                     yield snn(torch.zeros((n, *x.shape), dtype=x.dtype, device=x.device))
 
 
+def _refuse_non_finite(bad_inputs: list[Tensor], bad_outputs: list[tuple[int, Tensor]]) -> None:
+    """Raise for the first batch whose input, or else output, held NaN/inf (one sync)."""
+    if bad_inputs and bool(torch.stack(bad_inputs).any()):
+        b = int(torch.stack(bad_inputs).nonzero()[0])
+        raise ValueError(
+            f"simulate: batch {b}: the input holds NaN/inf values; clean or drop those images "
+            "first (a spiking network would turn them into a finite prediction)"
+        )
+    flags = [f for _, f in bad_outputs]
+    if flags and bool(torch.stack(flags).any()):
+        b = bad_outputs[int(torch.stack(flags).nonzero()[0])][0]
+        raise ValueError(
+            f"simulate: batch {b}: the network's output holds NaN/inf values although the "
+            "input is finite; check the model's weights and thresholds"
+        )
+
+
 def _check_snn(snn: Any) -> None:
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(
@@ -217,6 +234,8 @@ def simulate(
     """
     _check_snn(snn)
     schedule = Schedule(T, sleep, margin)
+    if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")  # fmt: skip
     if activity_batches is not None:
         positive_int("activity_batches", activity_batches)
     device = torch.device(device) if device is not None else device_of(snn)
@@ -233,11 +252,15 @@ def simulate(
         torch.cuda.synchronize()
     start = time.perf_counter()
     monitor = None
+    bad_inputs: list[Tensor] = []  # per batch: the input holds NaN/inf
+    bad_outputs: list[tuple[int, Tensor]] = []  # per chunk: the output does
     with contextlib.ExitStack() as stack:  # the monitor's hooks go, whatever happens
         stack.enter_context(eval_mode(snn))  # and the caller's modes come back
         for b, (x, y) in enumerate(_batches(data)):
-            finite_input(x, f"simulate: batch {b}")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # Checked once at the end (no device sync per batch): a NaN/inf input or output
+            # must never become a prediction.
+            bad_inputs.append(~torch.isfinite(x).all())
             if activity and monitor is None:
                 monitor = stack.enter_context(ActivityMonitor(snn, x))
             snn.reset()
@@ -246,6 +269,7 @@ def simulate(
                 for out in run_schedule(snn, x, schedule, max_fold):
                     # [n, B, C] → running sums after each of the n steps.
                     cum = out.float().cumsum(0)
+                    bad_outputs.append((b, ~torch.isfinite(cum).all()))
                     if acc_out is not None:
                         cum = cum + acc_out
                     correct[i : i + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
@@ -263,6 +287,7 @@ def simulate(
     bar.close()
     if images == 0:
         raise ValueError("simulate: data yielded no batches; pass a non-empty loader or (x, y)")
+    _refuse_non_finite(bad_inputs, bad_outputs)
     accuracy = (correct.double() / max(images, 1)).tolist()
     return SimulationResult(
         accuracy=accuracy,

@@ -6,9 +6,10 @@
 Each case runs in a fresh Python process with ``PYTHONPATH=<tree>`` (so an older checkout
 of ann2snn can be compared with this one) and is classified as
 
-* ``named error``   – it failed with an error message (the first line is kept),
-* ``traceback``     – it failed with a raw Python traceback,
-* ``no error``      – it ran and exited 0 (``silent`` when the case is one that must fail).
+* ``error``     – it failed; for the Python API the exception's last line is kept (read it:
+  does it name the argument and what is allowed?), for the CLI its error line,
+* ``traceback`` – the CLI failed with a raw Python traceback,
+* ``no error``  – it ran and exited 0 (``silent`` when the case is one that must fail).
 
 A small CNN is trained for one epoch on 600 images of the Fashion-MNIST in ``--data-dir``
 (default: the Debian package folder) to have a run folder. Never imported by the package.
@@ -103,18 +104,21 @@ def _run(tree: Path, kind: str, body, env: dict[str, str], tmp: Path) -> dict:
         args = [a.replace("RUN", env["RUN"]).replace("DATA", env["DATA"]).replace("TMP", str(tmp))
                 for a in body]  # fmt: skip
         cmd = [sys.executable, "-m", "ann2snn.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+    # cwd: a folder without ann2snn in it, so that PYTHONPATH decides which checkout runs.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp,
                           env={**os.environ, "PYTHONPATH": str(tree),
                                "ANN2SNN_DATA": env["DATA"]})  # fmt: skip
-    err = proc.stderr.strip()
+    err = proc.stderr.strip().replace(str(tmp), "<tmp>")
     if proc.returncode == 0:
         out = proc.stdout.strip().splitlines()
         return {"outcome": "no error", "detail": out[-1] if out else ""}
+    lines = err.splitlines() or [""]
+    if kind == "py":
+        return {"outcome": "error", "detail": lines[-1][:220]}
     if "Traceback (most recent call last)" in err:
-        last = err.splitlines()[-1]
-        return {"outcome": "traceback", "detail": last[:200]}
-    first = next((li for li in err.splitlines() if "error" in li.lower()), err.splitlines()[0])
-    return {"outcome": "named error", "detail": first[:200]}
+        return {"outcome": "traceback", "detail": lines[-1][:220]}
+    first = next((li for li in lines if "error" in li.lower()), lines[0])
+    return {"outcome": "error", "detail": first[:220]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,5 +215,6 @@ def test_bad_inputs_tiny(fmnist, tmp_path):
     _main("bad_inputs.py")(["--tree", tree, "--data-dir", str(fmnist), "--out", str(out),
                             "--cases", "tau = 0,eval --batch-size 0"])  # fmt: skip
     rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["tau = 0"]["outcome"] == "named error" and "tau" in rows["tau = 0"]["detail"]
-    assert rows["eval --batch-size 0"]["outcome"] == "named error"
+    assert rows["tau = 0"]["outcome"] == "error" and "tau must be" in rows["tau = 0"]["detail"]
+    assert rows["eval --batch-size 0"]["outcome"] == "error"
+    assert "--batch-size: must be >= 1" in rows["eval --batch-size 0"]["detail"]

@@ -52,7 +52,7 @@ def test_non_finite_inputs_are_refused_not_predicted(bad):
     snn = convert(qcfs_net())
     x = torch.randn(4, 1, 4, 4)
     x[2, 0, 1, 1] = bad
-    with pytest.raises(ValueError, match=r"simulate: batch 0: the input holds 1 NaN/inf"):
+    with pytest.raises(ValueError, match=r"simulate: batch 0: the input holds NaN/inf"):
         simulate(snn, (x, torch.zeros(4, dtype=torch.long)), T=2, progress=False)
     with pytest.raises(ValueError, match="run: the input holds 1 NaN/inf"):
         run(snn, x, T=2)
@@ -245,3 +245,23 @@ def test_group_neuron_tau_is_checked_and_exact_when_tau_is_L(tau, T):
     else:
         with pytest.raises((ValueError, TypeError), match="tau"):
             convert(model, "gn", tau=tau)
+
+
+def test_non_finite_outputs_are_refused_not_predicted():
+    model = qcfs_net()
+    with torch.no_grad():
+        model[4].weight[0, 0] = float("inf")  # a damaged weight
+    snn = convert(model)
+    x = torch.rand(4, 1, 4, 4) + 1.0
+    with pytest.raises(
+        ValueError, match="output holds NaN/inf values although the input is finite"
+    ):
+        simulate(snn, (x, torch.zeros(4, dtype=torch.long)), T=4, progress=False)
+
+
+def test_a_non_finite_threshold_or_dtype_is_named():
+    with pytest.raises(ValueError, match="threshold must be a positive finite scalar"):
+        ann2snn.IFNeuron(float("inf"))
+    with pytest.raises(ValueError, match="dtype must be"):
+        simulate(convert(qcfs_net()), (torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)),
+                 T=1, progress=False, dtype=torch.int8)  # fmt: skip
