@@ -380,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
-        print(f"ann2snn {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "train":
+            hint = "; every complete epoch is saved: run the same command with --resume to continue"
+        print(f"ann2snn {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every error becomes one line (or --debug)
         if args.debug:

@@ -265,3 +265,16 @@ def test_a_non_finite_threshold_or_dtype_is_named():
     with pytest.raises(ValueError, match="dtype must be"):
         simulate(convert(qcfs_net()), (torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)),
                  T=1, progress=False, dtype=torch.int8)  # fmt: skip
+
+
+def test_ctrl_c_in_train_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
+    import ann2snn.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_train", interrupted)
+    rc = cli.main(["train", "--model", "cnn", "--dataset", "fashion-mnist"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--resume" in err
