@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,8 @@ def _train(args: argparse.Namespace) -> int:
         batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
         hooks = {"on_epoch_end": nq_epoch_hook(steps=args.nq_steps, **batches)}
     record = train(cfg, hooks=hooks)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the primary rank reports
+        return 0
     m = record.get("metrics", {})
     print(
         f"done: {record.get('epoch')} epochs, val {m.get('val_acc')}, test {m.get('test_acc')} -> {cfg.out_dir}"
@@ -240,6 +243,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .data import create_loaders
     from .demo import evaluate_wake_sleep
+    from .distributed import ShardedLoader, rank_device, runtime_from_env
     from .report import (
         ann_accuracy,
         environment,
@@ -250,6 +254,9 @@ def _eval(args: argparse.Namespace) -> int:
     )
 
     device = resolve_device("--device", args.device)
+    # Under torchrun each rank simulates its share of the test set; counts are summed.
+    rt = runtime_from_env(device)
+    device = rank_device(device, rt)
     model = load(args.checkpoint, map_location=device)
     record = model.ann2snn_record
     mk = record.get("model_kwargs", {})
@@ -264,8 +271,9 @@ def _eval(args: argparse.Namespace) -> int:
         steps = list(range(1, args.T_max + 1))
     else:
         steps = args.T or [1, 2, 4, 8, 16, 32]
-    progress = not args.no_progress and not (args.json or args.csv)
-    ann_acc = ann_accuracy(model, loaders.test)
+    progress = not args.no_progress and not (args.json or args.csv) and rt.is_primary
+    test = ShardedLoader(loaders.test, rt.rank, rt.world_size) if rt.distributed else loaders.test
+    ann_acc = ann_accuracy(model, test)
     options: dict[str, Any] = {}
     if args.tau is not None:
         options["tau"] = args.tau
@@ -282,14 +290,18 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if args.sleep and args.margin is None and len(steps) > 1:
         row = evaluate_wake_sleep(
-            model, loaders.test, steps, args.sleep, progress, label=label, neuron=args.neuron,
+            model, test, steps, args.sleep, progress, label=label, neuron=args.neuron,
             **options,
         )  # fmt: skip
     else:
-        row = evaluate_snn(model, loaders.test, args.neuron, T=max(steps), sleep=args.sleep, margin=args.margin,
+        row = evaluate_snn(model, test, args.neuron, T=max(steps), sleep=args.sleep, margin=args.margin,
                            dtype=_dtype(args.dtype), progress=progress, label=label, calibration=calibration,
                            **options)  # fmt: skip
     row["ann_accuracy"] = ann_acc
+    if rt.distributed:
+        _sum_accuracies(row, test, rt)
+        if not rt.is_primary:
+            return 0
     report = {
         "title": f"{record.get('model')} on {dataset}: {label}",
         "checkpoint": str(args.checkpoint),
@@ -319,6 +331,28 @@ def _eval(args: argparse.Namespace) -> int:
             print("\n" + format_cost_table([row], steps))
         print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
     return 0
+
+
+def _sum_accuracies(row: dict[str, Any], shard: Any, rt: Any) -> None:
+    """Replace a rank's accuracies (fractions of its shard) by those of the whole test set:
+    exact counts are summed over the ranks."""
+    import torch
+
+    from .distributed import all_sum
+
+    n_local = sum(int(y.shape[0]) for _, y in shard)
+    keys = list(row["accuracy_by_wake"])
+    fractions = [row["ann_accuracy"], *(row["accuracy_by_wake"][k] for k in keys)]
+    fractions += list(row.get("accuracy", []))
+    counts = torch.tensor([round(f * n_local) for f in fractions] + [n_local], dtype=torch.float64)
+    (counts,) = all_sum(counts, rt=rt)
+    total = float(counts[-1])
+    acc = (counts[:-1] / total).tolist()
+    row["ann_accuracy"] = acc[0]
+    row["accuracy_by_wake"] = dict(zip(keys, acc[1 : 1 + len(keys)]))
+    if "accuracy" in row:
+        row["accuracy"] = acc[1 + len(keys) :]
+    row["images"], row["world_size"] = int(total), rt.world_size
 
 
 def _total_steps(row: dict[str, Any], t: int) -> int:

@@ -22,6 +22,7 @@ and ends exactly where an uninterrupted run ends (bit for bit on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,6 +51,14 @@ from .checkpoint import (
     sha256_file,
 )
 from .data import create_loaders
+from .distributed import (
+    Runtime,
+    ShardedLoader,
+    all_sum,
+    broadcast_object,
+    rank_device,
+    runtime_from_env,
+)
 from .lock import RunLock
 from .models import create_model
 from .models.external import is_external, load_pretrained
@@ -137,10 +147,12 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: ProgressBar | None = None,
+    runtime: Runtime | None = None,
 ) -> Scores:
     """One pass of SGD over ``loader``; returns the running (train-mode) accuracy and loss.
 
     ``amp_dtype`` (e.g. torch.bfloat16) turns on autocast; the loss is computed in fp32.
+    With a distributed ``runtime`` the scores are summed over all ranks.
     Raises FloatingPointError if the loss became NaN/inf (learning rate too high).
     """
     device = torch.device(device) if device is not None else device_of(model)
@@ -170,6 +182,10 @@ def train_one_epoch(
         seen += n
         if progress is not None:
             progress.update(1, stats=stats)
+    if runtime is not None and runtime.distributed:
+        seen_t = torch.tensor(seen, dtype=torch.long, device=device)
+        loss_sum, correct, seen_t = all_sum(loss_sum, correct, seen_t, rt=runtime)
+        seen = int(seen_t)
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(
@@ -189,9 +205,11 @@ def evaluate(
     *,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    runtime: Runtime | None = None,
 ) -> Scores:
     """Top-1 accuracy (%) and mean cross-entropy of ``model`` in eval mode over ``loader``
-    (NaN for an empty loader). The model's train/eval mode is restored afterwards."""
+    (NaN for an empty loader). The model's train/eval mode is restored afterwards. With a
+    distributed ``runtime`` each rank evaluates its shard and the counts are summed."""
     device = torch.device(device) if device is not None else device_of(model)
     was_training = model.training
     model.eval()
@@ -206,6 +224,10 @@ def evaluate(
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
     model.train(was_training)
+    if runtime is not None and runtime.distributed:
+        seen_t = torch.tensor(seen, dtype=torch.long, device=device)
+        loss_sum, correct, seen_t = all_sum(loss_sum, correct, seen_t, rt=runtime)
+        seen = int(seen_t)
     if seen == 0:
         return Scores(math.nan, math.nan)
     return Scores(100.0 * correct.item() / seen, loss_sum.item() / seen)
@@ -288,6 +310,7 @@ class TrainingSetup(NamedTuple):
     amp_dtype: torch.dtype | None
     channels_last: bool
     compile_mode: str | None
+    ranks: Runtime = Runtime()
 
     def runtime(self) -> dict[str, Any]:
         """JSON-able summary (the record's ``runtime``)."""
@@ -296,19 +319,26 @@ class TrainingSetup(NamedTuple):
             "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "off",
             "channels_last": self.channels_last,
             "compile": self.compile_mode or "off",
+            "world_size": self.ranks.world_size,
+            "backend": self.ranks.backend,
         }
 
     def epoch(self, loader: Iterable[tuple[Tensor, Tensor]], **kwargs: Any) -> Scores:
         """`train_one_epoch` with this setup's model, optimizer and runtime."""
         return train_one_epoch(self.step_model, loader, self.optimizer, device=self.device,
                                amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                               **kwargs)  # fmt: skip
+                               runtime=self.ranks, **kwargs)  # fmt: skip
 
 
-def prepare_training(model: nn.Module, config: TrainConfig) -> TrainingSetup:
+def prepare_training(
+    model: nn.Module, config: TrainConfig, runtime: Runtime | None = None
+) -> TrainingSetup:
     """Move ``model`` to the run's device and layout and build its SGD and (on CUDA) its
-    compiled step exactly as `train` does; the benchmarks time this same setup."""
+    compiled step exactly as `train` does; the benchmarks time this same setup. With a
+    distributed ``runtime`` the step runs through ``DistributedDataParallel``."""
     device, amp_dtype, channels_last = _resolve_runtime(config)
+    runtime = runtime or Runtime()
+    device = rank_device(device, runtime)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -321,9 +351,13 @@ def prepare_training(model: nn.Module, config: TrainConfig) -> TrainingSetup:
     # The compiled wrapper shares parameters with `model`; checkpoints use `model` so their
     # keys carry no "_orig_mod." prefix.
     compile_mode = _compile_mode(config, device)
-    step_model = torch.compile(model, mode=compile_mode) if compile_mode else model
+    step = model
+    if runtime.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        step = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    step_model = torch.compile(step, mode=compile_mode) if compile_mode else step
     return TrainingSetup(
-        model, step_model, optimizer, device, amp_dtype, channels_last, compile_mode
+        model, step_model, optimizer, device, amp_dtype, channels_last, compile_mode, runtime
     )
 
 
@@ -344,13 +378,19 @@ def _plain_recipe(config: TrainConfig) -> dict[str, Any]:
     return json_safe(asdict(config))
 
 
-def _check_resumable(config: TrainConfig, saved: Mapping[str, Any], run_dir: Path) -> None:
+def _check_resumable(
+    config: TrainConfig, saved: Mapping[str, Any], run_dir: Path, done: int
+) -> None:
     now = _plain_recipe(config)
     changed = sorted(
         k
         for k in set(now) | set(saved)
         if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k)
     )
+    if "epochs" in changed and config.epochs >= done:
+        # Extending (or shortening down to what is done) a run: the cosine schedule of the
+        # remaining epochs follows the new total.
+        changed.remove("epochs")
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in changed)
         raise ValueError(
@@ -461,12 +501,19 @@ def train(
         RunFolderBusyError: another process is writing to ``out_dir`` (a `FileExistsError`
             naming its pid and host); a lock left by a killed run is taken over.
     """
-    with RunLock(config.out_dir):
-        return _train(config, hooks, resume, model, loaders)
+    rt = runtime_from_env(_resolve_runtime(config)[0])
+    # Only the primary rank writes, so only it holds the run folder's lock.
+    with RunLock(config.out_dir) if rt.is_primary else contextlib.nullcontext():
+        return _train(config, hooks, resume, model, loaders, rt)
 
 
 def _train(
-    config: TrainConfig, hooks: Any, resume: bool | None, model: nn.Module | None, loaders: Any
+    config: TrainConfig,
+    hooks: Any,
+    resume: bool | None,
+    model: nn.Module | None,
+    loaders: Any,
+    rt: Runtime,
 ) -> dict:
     resume = config.resume if resume is None else resume
     run_dir = Path(config.out_dir)
@@ -483,9 +530,10 @@ def _train(
                 "resumed; choose another out_dir for a new run"
             )
         saved = load_resume_state(run_dir)
-        _check_resumable(config, saved["record"]["recipe"], run_dir)
+        _check_resumable(config, saved["record"]["recipe"], run_dir, int(saved["epoch"]))
 
-    device = _resolve_runtime(config)[0]  # the loaders need it before the model exists
+    # The loaders need the device before the model exists.
+    device = rank_device(_resolve_runtime(config)[0], rt)
     seed_everything(config.seed)
     if loaders is None:
         loaders = create_loaders(
@@ -503,11 +551,17 @@ def _train(
             download=config.download,
         )
     _check_loaders(loaders)
-    log = sys.stderr if config.progress else None
+    log = sys.stderr if config.progress and rt.is_primary else None
+    # Every rank has read the folder's state before the primary writes to it.
+    rt.barrier()
+    # Each rank trains and evaluates on its rows of every global batch; hooks (NQ's σ
+    # calibration) see the whole splits, on the primary rank.
+    shard = (lambda d: ShardedLoader(d, rt.rank, rt.world_size) if d is not None else None) if rt.distributed else (lambda d: d)  # noqa: E731  # fmt: skip
+    train_data, val_data, test_data = shard(loaders.train), shard(loaders.val), shard(loaders.test)
     source, model_kwargs, prepare_args = _source_model(config, model, loaders)
     prepared = prepare_args is not None or (model is None and is_external(config.model))
     init = _initialise(source, config, loaders, log, prepared) if saved is None else None
-    setup = prepare_training(source, config)
+    setup = prepare_training(source, config, rt)
     model, step_model, optimizer = setup.model, setup.step_model, setup.optimizer
     # LambdaLR multiplies each group's base lr; stepped once per epoch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -557,17 +611,16 @@ def _train(
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        for loader in (loaders.train, loaders.val, loaders.test):
+        for loader in (train_data, val_data, test_data):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)  # resumed runs replay the same shuffles/augmentations
         desc = f"epoch {epoch + 1}/{config.epochs}"
-        bar = ProgressBar(_len(loaders.train), desc, enabled=config.progress)
-        train_scores = setup.epoch(
-            loaders.train, label_smoothing=config.label_smoothing, progress=bar
-        )
+        bar = ProgressBar(_len(train_data), desc, enabled=log is not None)
+        train_scores = setup.epoch(train_data, label_smoothing=config.label_smoothing, progress=bar)
         kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last)
-        val = evaluate(step_model, loaders.val, device, **kw) if loaders.val is not None else None
-        test = evaluate(step_model, loaders.test, device, **kw)
+        kw["runtime"] = rt
+        val = evaluate(step_model, val_data, device, **kw) if val_data is not None else None
+        test = evaluate(step_model, test_data, device, **kw)
         scheduler.step()
 
         val_acc = _finite_or_none(val.acc) if val is not None else None
@@ -590,7 +643,12 @@ def _train(
         # what it computes is saved with the weights it belongs to.
         select = val_acc
         if on_epoch_end is not None:
-            out = on_epoch_end(model, epoch + 1, loaders, record)
+            out = on_epoch_end(model, epoch + 1, loaders, record) if rt.is_primary else None
+            if rt.distributed:
+                # What the primary's hook computed (σ, its score) reaches every rank.
+                out = broadcast_object(out, rt)
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
             if out:
                 out = dict(out)
                 if "select_metric" in out:
@@ -608,25 +666,38 @@ def _train(
         # best → last → resume: resume.* is written last and is the commit point; a run
         # killed before it is written redoes this epoch (identically) on resume.
         if improved:
-            save_checkpoint(run_dir, model, record, tag="best")
-        save_checkpoint(run_dir, model, record, tag="last")
-        save_resume_state(
-            run_dir,
-            {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-                "record": record,
-            },
-        )
+            if rt.is_primary:
+                save_checkpoint(run_dir, model, record, tag="best")
+        if rt.distributed:
+            record["extra"]["ddp_max_weight_difference"] = _weight_spread(model, rt)
+        if rt.is_primary:
+            save_checkpoint(run_dir, model, record, tag="last")
+            save_resume_state(
+                run_dir,
+                {
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "record": record,
+                },
+            )
         bar.close(
             f"{desc}  lr {lr:.4g}  train loss {train_scores.loss:.4f} acc {train_scores.acc:.2f}%"
             f"  val {_pct(val_acc)}  test {_pct(entry['test_acc'])}  {entry['time_s']:.1f}s"
             + ("  *" if improved else "")
         )
     return record
+
+
+def _weight_spread(model: nn.Module, rt: Runtime) -> float:
+    """Largest difference between ranks of any parameter's sum (0.0: identical weights)."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    gathered = [torch.empty_like(sums) for _ in range(rt.world_size)]
+    dist.all_gather(gathered, sums)
+    stacked = torch.stack(gathered)
+    return float((stacked.max(0).values - stacked.min(0).values).max())
 
 
 def _len(loader: Any) -> int | None:

@@ -146,7 +146,9 @@ def test_torchvision_models_prepare_and_convert_exactly_with_gn(name):
         torch.testing.assert_close(gn, ann, rtol=1e-4, atol=1e-5)
         snn = convert(p, "if")
         err = [float((run(snn, x, T) - ann).abs().mean()) for T in (2, 16, 128)]
-    assert err[2] < err[1] < err[0], err
+    # The rate approaches clip(z, 0, λ), not the L-level ANN, so the error falls to a floor
+    # (the quantization gap) instead of to 0.
+    assert err[1] < 0.8 * err[0] and err[2] < 0.8 * err[0], err
 
 
 def test_timm_resnet18_prepares_and_converts_exactly():

@@ -201,6 +201,8 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path):
         "amp": "off",
         "channels_last": True,  # "auto": NHWC on every device
         "compile": "off",
+        "world_size": 1,
+        "backend": None,
     }
 
 
@@ -365,3 +367,11 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
     with pytest.raises(TypeError, match="loaders"):
         train(_config(tmp_path / "never"), loaders=object())
     assert not (tmp_path / "never").exists()
+
+
+def test_a_finished_run_can_be_extended_but_not_cut_below_what_is_done(tmp_path):
+    train_tiny(_config(tmp_path / "run", epochs=2))
+    record = train_tiny(_config(tmp_path / "run", epochs=3), resume=True)
+    assert record["epoch"] == 3 and [e["epoch"] for e in record["metrics"]["history"]] == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"epochs: 3 → 1"):
+        train_tiny(_config(tmp_path / "run", epochs=1), resume=True)
