@@ -62,6 +62,7 @@ __all__ = [
     "json_safe",
     "sha256_file",
     "record_digest",
+    "clean_orphans",
 ]
 
 FORMAT = "ann2snn-checkpoint"
@@ -98,6 +99,19 @@ def _stage(path: Path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return Path(tmp)
+
+
+def clean_orphans(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted save left in ``run_dir`` (``.NAME.*.tmp``
+    of this module's staging); return them. Call it only while holding the folder's lock."""
+    removed = []
+    for tag in ("best", "last", RESUME_TAG):
+        for suffix in (".json", ".safetensors"):
+            for tmp in Path(run_dir).glob(f".{tag}{suffix}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
 
 
 def _commit(pairs: list[tuple[Path, Path]]) -> None:

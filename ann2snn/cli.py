@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<act>-L<levels>)")
     t.add_argument("--resume", action="store_true", help="continue from the last complete epoch")
+    t.add_argument(
+        "--sync-bn", action="store_true", default=None,
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch",
+    )  # fmt: skip
     t.add_argument("--limit-train", type=POS, help="use only N training images (quick runs)")
     t.add_argument("--limit-test", type=POS)
     t.add_argument("--autoaugment", action="store_true", default=None)
@@ -205,7 +209,7 @@ def _train(args: argparse.Namespace) -> int:
         "seed": args.seed, "device": args.device, "data_dir": args.data_dir, "out_dir": args.out,
         "limit_train": args.limit_train, "limit_test": args.limit_test,
         "autoaugment": args.autoaugment, "cutout": args.cutout, "init": args.init,
-        "download": args.download,
+        "download": args.download, "sync_bn": args.sync_bn,
     }  # fmt: skip
     overrides = {k: v for k, v in mapping.items() if v is not None}
     overrides.update(

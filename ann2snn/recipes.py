@@ -112,6 +112,8 @@ class TrainConfig:
     ``package.module:function`` (prepared with ``act``/``levels``/``pool``). ``init``: a
     weights file (safetensors or a torch state dict) loaded by name before training, for
     fine-tuning a pretrained ANN; each λ then starts at its ReLU's 99.9th percentile.
+    ``sync_bn``: under torchrun on GPUs, BatchNorm statistics over the whole global batch
+    (``torch.nn.SyncBatchNorm``); without it each rank normalises its own rows.
     ``resume=True`` continues an interrupted run in ``out_dir`` (or starts it if empty).
     """
 
@@ -143,6 +145,7 @@ class TrainConfig:
     act_kwargs: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
     download: bool = False
+    sync_bn: bool = False
     progress: bool = True
     resume: bool = False
 

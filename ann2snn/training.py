@@ -44,7 +44,10 @@ from .activations import is_quantized_activation
 from .calibration import init_thresholds
 from .checkpoint import (
     RESUME_TAG,
+    CheckpointError,
+    clean_orphans,
     json_safe,
+    load_record,
     load_resume_state,
     save_checkpoint,
     save_resume_state,
@@ -351,6 +354,10 @@ def prepare_training(
     # The compiled wrapper shares parameters with `model`; checkpoints use `model` so their
     # keys carry no "_orig_mod." prefix.
     compile_mode = _compile_mode(config, device)
+    if config.sync_bn and runtime.distributed:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm runs on NCCL); got cpu")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     step = model
     if runtime.distributed:
         ids = [device.index] if device.type == "cuda" else None
@@ -397,6 +404,30 @@ def _check_resumable(
             f"{run_dir}: cannot resume with a different recipe ({diffs}); resume with the "
             "original settings, or choose another out_dir for a new run"
         )
+
+
+def _check_first_epoch_only(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to restart in a folder that holds more than an uncommitted first epoch of a run
+    with this recipe."""
+    for tag in ("best", "last"):
+        path = run_dir / f"{tag}.json"
+        if not path.exists():
+            continue
+        try:
+            record = load_record(path)
+        except CheckpointError:
+            record = None
+        ok = record is not None and record.get("epoch") == 1
+        if ok:
+            try:
+                _check_resumable(config, record.get("recipe") or {}, run_dir, 0)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise FileExistsError(
+                f"{run_dir} holds a checkpoint but no {RESUME_TAG}.json, so it cannot be "
+                "resumed; choose another out_dir for a new run"
+            )
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -518,6 +549,8 @@ def _train(
     resume = config.resume if resume is None else resume
     run_dir = Path(config.out_dir)
     saved = None
+    if rt.is_primary and run_dir.is_dir():
+        clean_orphans(run_dir)  # temporary files of a save that was interrupted
     if _has_run(run_dir):
         if not resume:
             raise FileExistsError(
@@ -525,12 +558,13 @@ def _train(
                 "choose another out_dir (runs are never overwritten)"
             )
         if not (run_dir / f"{RESUME_TAG}.json").exists():
-            raise FileExistsError(
-                f"{run_dir} holds a checkpoint but no {RESUME_TAG}.json, so it cannot be "
-                "resumed; choose another out_dir for a new run"
-            )
-        saved = load_resume_state(run_dir)
-        _check_resumable(config, saved["record"]["recipe"], run_dir, int(saved["epoch"]))
+            # Killed while writing its very first checkpoint (best/last of epoch 1 are there,
+            # the commit point is not): that run is redone from the start. Anything else
+            # is not ours to overwrite.
+            _check_first_epoch_only(config, run_dir)
+        else:
+            saved = load_resume_state(run_dir)
+            _check_resumable(config, saved["record"]["recipe"], run_dir, int(saved["epoch"]))
 
     # The loaders need the device before the model exists.
     device = rank_device(_resolve_runtime(config)[0], rt)

@@ -64,3 +64,14 @@ def test_torchrun_trains_one_consistent_run_and_evaluates_exactly(tmp_path):
     _run(["train", *common, "--epochs", "2", "--resume"], tmp_path)
     record = json.loads((run / "last.json").read_text())
     assert record["epoch"] == 2 and record["runtime"]["world_size"] == 1
+
+
+def test_sync_bn_is_refused_on_cpus_by_name():
+    from ann2snn.distributed import Runtime
+    from ann2snn.models import create_model
+    from ann2snn.training import TrainConfig, prepare_training
+
+    cfg = TrainConfig(model="cnn", dataset="fashion-mnist", device="cpu", sync_bn=True)
+    model = create_model("cnn", num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(ValueError, match="sync_bn needs CUDA devices"):
+        prepare_training(model, cfg, Runtime(rank=0, world_size=2, backend="gloo"))

@@ -375,3 +375,32 @@ def test_a_finished_run_can_be_extended_but_not_cut_below_what_is_done(tmp_path)
     assert record["epoch"] == 3 and [e["epoch"] for e in record["metrics"]["history"]] == [1, 2, 3]
     with pytest.raises(ValueError, match=r"epochs: 3 → 1"):
         train_tiny(_config(tmp_path / "run", epochs=1), resume=True)
+
+
+def test_a_run_killed_in_its_first_checkpoint_write_resumes(tmp_path):
+    """best/last of epoch 1 written, the commit point (resume.*) not, plus a staging file:
+    ``--resume`` redoes the run from the start, as an uninterrupted run would have gone."""
+    reference = train_tiny(_config(tmp_path / "reference", epochs=2))
+    run = tmp_path / "run"
+    train_tiny(_config(run, epochs=2, progress=False), resume=False)
+    for name in ("resume.json", "resume.safetensors"):
+        (run / name).unlink()
+    record = json.loads((run / "last.json").read_text())  # the state after epoch 1's save
+    record["epoch"] = 1
+    record["record_sha256"] = ckpt.record_digest(record)
+    for tag in ("best", "last"):
+        (run / f"{tag}.json").write_text(json.dumps(record))
+    (run / ".resume.json.abc123.tmp").write_text("half written")
+    with pytest.raises(FileExistsError):
+        train_tiny(_config(run, epochs=2))  # without resume: refused as always
+    resumed = train_tiny(_config(run, epochs=2), resume=True)
+    assert resumed["epoch"] == 2 and _history(resumed) == _history(reference)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_folder_with_later_epochs_but_no_resume_state_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    train_tiny(_config(run, epochs=2))
+    (run / "resume.json").unlink()
+    with pytest.raises(FileExistsError, match="cannot be resumed"):
+        train_tiny(_config(run, epochs=2), resume=True)
