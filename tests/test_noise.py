@@ -301,14 +301,6 @@ def test_converted_nq_network_is_the_plain_qcfs_if_network():
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny layers: one thread is faster (much faster on a busy box)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_nq_training_calibrates_sigma_each_epoch_and_selects_on_snn_accuracy(tmp_path, one_thread):
     # L = 8 and T_n = 4: the single IF layer is not exact at T_n, so σ > 0 (with L = T_n
     # it would be exact and σ = 0, as in test_sigma_is_exactly_zero_where_the_snn_is_exact).
