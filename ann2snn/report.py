@@ -216,7 +216,8 @@ def plot_cost(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title:
         ys = [100 * r["accuracy_by_wake"][str(t)] for t in ts]
         line = ax.plot(xs, ys, marker="o", ms=3, label=r["label"])
         for t, x, y in zip(ts, xs, ys):
-            ax.annotate(f"T={t}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+            if t & (t - 1) == 0:  # label T = 1, 2, 4, 8, …: every T would clutter the line
+                ax.annotate(f"T={t}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
         if r.get("ann_accuracy") is not None:
             ax.axhline(100 * r["ann_accuracy"], ls="--", lw=0.8, color=line[0].get_color())
     ax.axvline(1.0, color="grey", lw=0.8)
