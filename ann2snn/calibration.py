@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activations import is_quantized_activation
+from .validation import percentile_value
 
 __all__ = ["iter_inputs", "percentile", "record_percentiles", "init_thresholds"]
 
@@ -114,8 +115,7 @@ def init_thresholds(
 
     The model runs in eval mode (BatchNorm running statistics are not updated).
     """
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
+    percentile_value("percentile", percentile)
     out = copy.deepcopy(model)
     named = [
         (name, m)

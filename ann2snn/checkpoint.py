@@ -43,7 +43,7 @@ from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
 from .models import create_model
-from .preparation import prepare
+from .preparation import prepare_as
 
 __all__ = [
     "FORMAT",
@@ -508,15 +508,10 @@ def load(
     if prep is not None and not isinstance(prep, dict):
         raise CheckpointError(f"{json_path}: field 'prepare' must be an object, got {type(prep).__name__}")  # fmt: skip
     if model is not None:
-        if prep:
-            try:
-                kw = dict(prep)
-                net = prepare(model, **{k: kw.pop(k) for k in ("act", "levels", "pool")},
-                              **kw.pop("act_kwargs", {}), **kw)  # fmt: skip
-            except (KeyError, TypeError) as e:
-                raise CheckpointError(f"{json_path}: field 'prepare' is malformed ({e})") from None
-        else:
-            net = copy.deepcopy(model)
+        try:
+            net = prepare_as(model, prep) if prep else copy.deepcopy(model)
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{json_path}: field 'prepare' is malformed ({e})") from None
     else:
         try:
             net = create_model(record["model"], **record["model_kwargs"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -227,7 +226,9 @@ def _train(args: argparse.Namespace) -> int:
         batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
         hooks = {"on_epoch_end": nq_epoch_hook(steps=args.nq_steps, **batches)}
     record = train(cfg, hooks=hooks)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the primary rank reports
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
         return 0
     m = record.get("metrics", {})
     print(

@@ -25,6 +25,7 @@ from .network import SpikingNetwork, device_of
 from .neuron import SpikingNeuron, neuron_class
 from .passes import Pass, PassContext, conversion_passes, fold_batchnorm, resolve_passes, run_passes
 from .support import ConversionError, OpReport, SupportReport, check, raise_unsupported
+from .validation import percentile_value
 
 __all__ = ["convert", "check", "fold_bn", "ConversionError", "SupportReport", "OpReport"]
 
@@ -88,8 +89,7 @@ def convert(
     """
     neuron_cls = neuron_class(neuron)
     _neuron_options(neuron_cls, neuron, neuron_options)
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
+    percentile_value("percentile", percentile)
     raise_unsupported(check(model, neuron))
     device = device_of(model)
     gm = capture(model).eval()

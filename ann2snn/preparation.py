@@ -18,6 +18,7 @@ deterministic: preparing the same architecture again gives the same names, which
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -29,8 +30,9 @@ from .network import device_of
 from .passes import PREPARE_PASSES, PassContext, run_passes
 from .rules import SPIKING, UNSUPPORTED, classify
 from .support import ConversionError
+from .validation import percentile_value, positive_int
 
-__all__ = ["prepare", "is_prepared"]
+__all__ = ["prepare", "prepare_as", "is_prepared"]
 
 
 def is_prepared(model: nn.Module) -> bool:
@@ -41,14 +43,17 @@ def is_prepared(model: nn.Module) -> bool:
 def _validate(act: str, levels: int, pool: str, percentile: float, batches: int) -> None:
     if act not in list_activations():
         raise ValueError(f"act: unknown activation {act!r}; choose one of {', '.join(list_activations())}")  # fmt: skip
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be a positive integer, got {levels!r}")
+    positive_int("levels", levels)
     if pool not in ("avg", "max"):
         raise ValueError(f"pool must be 'avg' (convertible by every neuron) or 'max', got {pool!r}")
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"calibration_batches must be a positive integer, got {batches!r}")
+    percentile_value("percentile", percentile)
+    positive_int("calibration_batches", batches)
+
+
+def prepare_as(model: nn.Module, args: Mapping[str, Any]) -> nn.Module:
+    """`prepare` with the arguments a prepared module carries (``ann2snn_prepare``: act,
+    levels, pool, act_kwargs), as a checkpoint record stores them."""
+    return prepare(model, args["act"], args["levels"], args["pool"], **args.get("act_kwargs", {}))
 
 
 def prepare(

@@ -185,10 +185,7 @@ def train_one_epoch(
         seen += n
         if progress is not None:
             progress.update(1, stats=stats)
-    if runtime is not None and runtime.distributed:
-        seen_t = torch.tensor(seen, dtype=torch.long, device=device)
-        loss_sum, correct, seen_t = all_sum(loss_sum, correct, seen_t, rt=runtime)
-        seen = int(seen_t)
+    loss_sum, correct, seen = _over_ranks(loss_sum, correct, seen, runtime)
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(
@@ -198,6 +195,17 @@ def train_one_epoch(
     return Scores(
         100.0 * correct.item() / max(seen, 1) if seen else math.nan, mean_loss if seen else math.nan
     )
+
+
+def _over_ranks(
+    loss_sum: Tensor, correct: Tensor, seen: int, runtime: Runtime | None
+) -> tuple[Tensor, Tensor, int]:
+    """A loop's running sums, summed over all ranks of a distributed ``runtime``."""
+    if runtime is None or not runtime.distributed:
+        return loss_sum, correct, seen
+    seen_t = torch.tensor(seen, dtype=torch.long, device=loss_sum.device)
+    loss_sum, correct, seen_t = all_sum(loss_sum, correct, seen_t, rt=runtime)
+    return loss_sum, correct, int(seen_t)
 
 
 @torch.no_grad()
@@ -227,10 +235,7 @@ def evaluate(
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
     model.train(was_training)
-    if runtime is not None and runtime.distributed:
-        seen_t = torch.tensor(seen, dtype=torch.long, device=device)
-        loss_sum, correct, seen_t = all_sum(loss_sum, correct, seen_t, rt=runtime)
-        seen = int(seen_t)
+    loss_sum, correct, seen = _over_ranks(loss_sum, correct, seen, runtime)
     if seen == 0:
         return Scores(math.nan, math.nan)
     return Scores(100.0 * correct.item() / seen, loss_sum.item() / seen)
@@ -465,10 +470,8 @@ def _source_model(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if is_prepared(model) or any(is_quantized_activation(m) for m in model.modules()):
         return copy.deepcopy(model), {}, None  # already quantized: trained as it is
-    args = {"act": config.act, "levels": config.levels, "pool": config.pool,
-            "act_kwargs": dict(config.act_kwargs)}  # fmt: skip
-    flat = {k: v for k, v in args.items() if k != "act_kwargs"}
-    return prepare(model, **flat, **config.act_kwargs), {}, args
+    prepared = prepare(model, config.act, config.levels, config.pool, **config.act_kwargs)
+    return prepared, {}, dict(prepared.ann2snn_prepare)  # what `load` prepares again
 
 
 def _initialise(
@@ -591,8 +594,9 @@ def _train(
     rt.barrier()
     # Each rank trains and evaluates on its rows of every global batch; hooks (NQ's σ
     # calibration) see the whole splits, on the primary rank.
-    shard = (lambda d: ShardedLoader(d, rt.rank, rt.world_size) if d is not None else None) if rt.distributed else (lambda d: d)  # noqa: E731  # fmt: skip
-    train_data, val_data, test_data = shard(loaders.train), shard(loaders.val), shard(loaders.test)
+    train_data, val_data, test_data = (
+        _shard(d, rt) for d in (loaders.train, loaders.val, loaders.test)
+    )
     source, model_kwargs, prepare_args = _source_model(config, model, loaders)
     prepared = prepare_args is not None or (model is None and is_external(config.model))
     init = _initialise(source, config, loaders, log, prepared) if saved is None else None
@@ -652,8 +656,7 @@ def _train(
         desc = f"epoch {epoch + 1}/{config.epochs}"
         bar = ProgressBar(_len(train_data), desc, enabled=log is not None)
         train_scores = setup.epoch(train_data, label_smoothing=config.label_smoothing, progress=bar)
-        kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last)
-        kw["runtime"] = rt
+        kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last, runtime=rt)
         val = evaluate(step_model, val_data, device, **kw) if val_data is not None else None
         test = evaluate(step_model, test_data, device, **kw)
         scheduler.step()
@@ -724,6 +727,13 @@ def _train(
             + ("  *" if improved else "")
         )
     return record
+
+
+def _shard(loader: Any, rt: Runtime) -> Any:
+    """This rank's rows of ``loader`` (the loader itself when single or None)."""
+    if loader is None or not rt.distributed:
+        return loader
+    return ShardedLoader(loader, rt.rank, rt.world_size)
 
 
 def _weight_spread(model: nn.Module, rt: Runtime) -> float:

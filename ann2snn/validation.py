@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["positive_int", "finite_number", "one_of", "resolve_device", "finite_input"]
+__all__ = ["positive_int", "finite_number", "percentile_value", "one_of", "resolve_device",
+           "finite_input"]  # fmt: skip
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -41,6 +42,17 @@ def finite_number(
         elif high is not None:
             bounds = f" <= {high}"
         raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+    return float(value)
+
+
+def percentile_value(name: str, value: Any) -> float:
+    """``value`` as a percentile in (0, 100]."""
+    try:
+        ok = 0 < value <= 100
+    except TypeError:
+        ok = False
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"{name} must be in (0, 100], got {value!r}")
     return float(value)
 
 
