@@ -20,11 +20,18 @@ import torch
 from torch import nn
 
 from .calibration import record_percentiles
-from .graph import capture
+from .graph import NotTraceableError, capture
 from .network import SpikingNetwork, device_of
 from .neuron import SpikingNeuron, neuron_class
 from .passes import Pass, PassContext, conversion_passes, fold_batchnorm, resolve_passes, run_passes
-from .support import ConversionError, OpReport, SupportReport, check, raise_unsupported
+from .support import (
+    ConversionError,
+    OpReport,
+    SupportReport,
+    check,
+    raise_unsupported,
+    report_graph,
+)
 from .validation import percentile_value
 
 __all__ = ["convert", "check", "fold_bn", "ConversionError", "SupportReport", "OpReport"]
@@ -90,9 +97,13 @@ def convert(
     neuron_cls = neuron_class(neuron)
     _neuron_options(neuron_cls, neuron, neuron_options)
     percentile_value("percentile", percentile)
-    raise_unsupported(check(model, neuron))
+    # One capture serves the support check and the passes.
+    try:
+        gm = capture(model).eval()
+    except NotTraceableError as e:
+        raise ConversionError(f"cannot convert: {e}; nothing was changed") from None
+    raise_unsupported(report_graph(gm, neuron_cls))
     device = device_of(model)
-    gm = capture(model).eval()
     names = list(passes) if passes is not None else conversion_passes(neuron_cls, fold_batchnorm)
     ctx = PassContext(neuron, neuron_cls, dict(neuron_options), v_init)
     gm = run_passes(gm, names, ctx)

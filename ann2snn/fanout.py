@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .neuron import SpikingNeuron
 from .pooling import LIPool
 
-__all__ = ["fanout_maps", "mac_counts"]
+__all__ = ["fanout_maps", "mac_counts", "record_values"]
 
 _PASS_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Identity)
 _PASS_FUNCS = {F.dropout, F.dropout2d, F.batch_norm}
@@ -41,8 +41,10 @@ _PASS_METHODS = {"contiguous", "to", "float", "half", "bfloat16", "type_as", "cl
 _SCALE_FUNCS = {torch.mul, torch.div, "mul", "div", "mul_", "div_"}
 
 
-def _record(snn: nn.Module, x: Tensor) -> dict[fx.Node, Any]:
-    """Every node's value for input ``x`` (ANN mode: neurons act as their activations)."""
+def record_values(snn: nn.Module, x: Tensor) -> dict[fx.Node, Any]:
+    """Every graph node's value for one image ``x[:1]`` (ANN mode: neurons act as their
+    activations); `fanout_maps` and `mac_counts` can share one recording."""
+    x = x[:1]
     values: dict[fx.Node, Any] = {}
 
     class Recorder(fx.Interpreter):
@@ -239,14 +241,14 @@ def _call(node: fx.Node, module: nn.Module | None, values: dict, swap: dict) -> 
 
 
 @torch.no_grad()
-def fanout_maps(snn: nn.Module, x: Tensor) -> dict[str, Tensor]:
+def fanout_maps(snn: nn.Module, x: Tensor, values: dict | None = None) -> dict[str, Tensor]:
     """{spiking layer name: fan-out per output element, shape of one image's output}.
 
-    ``snn`` is a `SpikingNetwork`; ``x`` one input image batch (only ``x[:1]`` is used).
+    ``snn`` is a `SpikingNetwork`; ``x`` one input image batch (only ``x[:1]`` is used);
+    ``values``: its `record_values`, if already recorded.
     """
     gm: fx.GraphModule = snn.body
-    x = x[:1]
-    values = _record(snn, x)
+    values = values if values is not None else record_values(snn, x)
     modules = dict(gm.named_modules())
     fan: dict[fx.Node, Any] = {}
     for node in reversed(list(gm.graph.nodes)):
@@ -278,12 +280,12 @@ def fanout_maps(snn: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def mac_counts(snn: nn.Module, x: Tensor) -> tuple[float, float]:
+def mac_counts(snn: nn.Module, x: Tensor, values: dict | None = None) -> tuple[float, float]:
     """(the source ANN's MACs per image, the MACs of the layers that read the analog
     input) — weighted layers only (conv, linear); biases, BatchNorm and pooling are not
     multiply-accumulates of a weight and are not counted."""
     gm: fx.GraphModule = snn.body
-    values = _record(snn, x[:1])
+    values = values if values is not None else record_values(snn, x)
     modules = dict(gm.named_modules())
     analog: set[fx.Node] = set()
     total = first = 0.0

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .fanout import fanout_maps, mac_counts
+from .fanout import fanout_maps, mac_counts, record_values
 from .network import SpikingNetwork
 
 __all__ = ["ActivityMonitor", "ActivityReport", "LayerActivity", "E_MAC", "E_AC"]
@@ -161,8 +161,9 @@ class ActivityMonitor:
             raise TypeError(f"expected a SpikingNetwork, got {type(snn).__name__}")
         self.snn = snn
         example = example.to(next(iter(snn.parameters())).device)
-        fan = fanout_maps(snn, example)
-        self.ann_macs, self.analog_macs = mac_counts(snn, example)
+        values = record_values(snn, example)  # one recording for both
+        fan = fanout_maps(snn, example, values)
+        self.ann_macs, self.analog_macs = mac_counts(snn, example, values)
         self.layers = list(snn.spiking_layers())
         self.fanout = {name: fan[name].to(example.device) for name, _ in self.layers}
         self.quantum = {name: float(n.quantum) for name, n in self.layers}

@@ -21,7 +21,14 @@ from .graph import NotTraceableError, capture
 from .neuron import SpikingNeuron, neuron_class
 from .rules import MAXPOOL, QUANTIZED, RELU, SPIKING, STATELESS, Match, classify, lipool_geometry
 
-__all__ = ["check", "ConversionError", "SupportReport", "OpReport", "raise_unsupported"]
+__all__ = [
+    "check",
+    "ConversionError",
+    "SupportReport",
+    "OpReport",
+    "raise_unsupported",
+    "report_graph",
+]
 
 
 class ConversionError(ValueError):
