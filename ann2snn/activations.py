@@ -34,11 +34,22 @@ __all__ = [
     "register_activation",
     "list_activations",
     "is_quantized_activation",
+    "clamp_thresholds_",
+    "THRESHOLD_PARAMS",
+    "RAW_THRESHOLD_FLOOR",
+    "THRESHOLD_PARAM_NAMES",
 ]
 
 # Smallest normal fp32 number: a floor for λ that needs no dtype lookup (so the
 # property stays traceable by torch.fx, where dtypes are proxies).
 _TINY = 1.1754943508222875e-38
+
+#: How a QCFS threshold λ is stored for training: ``log`` (log λ) or ``raw`` (λ itself).
+THRESHOLD_PARAMS = ("log", "raw")
+#: Smallest λ a ``raw`` threshold may take (after each step and in every forward).
+RAW_THRESHOLD_FLOOR = 1e-3
+#: Parameter names of the stored thresholds (for optimizer groups).
+THRESHOLD_PARAM_NAMES = ("log_threshold", "raw_threshold")
 
 
 @dataclass(frozen=True)
@@ -179,28 +190,57 @@ class QCFS(nn.Module):
     ``u = clamp(z/λ, 0, 1)``, ``q = floor_ste(u·L + shift)/L``, output ``q·λ``. So the
     gradient passes z only on [0, λ] and dh/dλ is ``q − z/λ`` inside, 1 above, 0 below.
 
-    λ stays positive by construction: the module stores ``log_threshold`` and exposes
-    ``threshold = exp(log_threshold)``. A raw λ parameter can be pushed through zero by
-    weight decay and a large step (a failure users of the reference code reported);
-    in log space no step can cross zero, and the gradient reaching λ is unchanged.
+    ``threshold_param`` chooses what the optimizer trains:
+
+    * ``"log"`` (default): the parameter is ``log_threshold`` and ``threshold =
+      exp(log_threshold)``; no step can push λ through zero. The gradient reaching λ is
+      the same, but an SGD step moves λ about λ² times as far as on a raw λ.
+    * ``"raw"``: the parameter is ``raw_threshold`` = λ itself, as in the papers' code.
+      A large step could cross zero, so λ is kept ≥ `RAW_THRESHOLD_FLOOR`: the forward
+      reads ``max(raw, floor)`` (with the gradient passed straight through, so a λ pushed
+      below the floor can come back) and `clamp_thresholds_` projects the parameter back
+      after every optimizer step (`ann2snn.train` registers it on its optimizer).
+
+    Both give identical forward values for the same λ.
     """
 
     #: Every quantized activation in this module carries these three facts.
     levels: int
     shift: float
 
-    def __init__(self, levels: int = 4, init_threshold: float = 8.0, shift: float = 0.5):
+    def __init__(
+        self,
+        levels: int = 4,
+        init_threshold: float = 8.0,
+        shift: float = 0.5,
+        threshold_param: str = "log",
+    ):
         super().__init__()
         self.levels = positive_int("levels", levels)
         init_threshold = finite_number("init_threshold", init_threshold)
         if not init_threshold > 0:
             raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
         self.shift = finite_number("shift", shift)
-        self.log_threshold = nn.Parameter(torch.tensor(math.log(init_threshold)))
+        if threshold_param not in THRESHOLD_PARAMS:
+            raise ValueError(
+                f"threshold_param must be one of {', '.join(THRESHOLD_PARAMS)}, "
+                f"got {threshold_param!r}"
+            )
+        self.threshold_param = threshold_param
+        if threshold_param == "log":
+            self.log_threshold = nn.Parameter(torch.tensor(math.log(init_threshold)))
+        else:
+            self.raw_threshold = nn.Parameter(torch.tensor(float(init_threshold)))
 
     @property
     def threshold(self) -> Tensor:
         """λ, a positive scalar tensor (differentiable)."""
+        if self.threshold_param == "raw":
+            raw = self.raw_threshold
+            # max(raw, floor) forward, identity backward (straight-through): between an
+            # optimizer step and its projection λ is never ≤ 0, and no gradient is lost.
+            # (raw − raw.detach() is exactly 0, so the value is max(raw, floor) to the bit.)
+            return raw.detach().clamp_min(RAW_THRESHOLD_FLOOR) + (raw - raw.detach())
         # exp underflows to exactly 0 for log λ below about −104 (fp32), which would turn
         # h(z) into 0/0 = NaN; the smallest normal number keeps λ > 0.
         return self.log_threshold.exp().clamp_min(_TINY)
@@ -208,10 +248,11 @@ class QCFS(nn.Module):
     @torch.no_grad()
     def set_threshold(self, value: float | Tensor) -> None:
         """Set λ (must be > 0)."""
-        value = torch.as_tensor(value, dtype=self.log_threshold.dtype)
+        param = self.raw_threshold if self.threshold_param == "raw" else self.log_threshold
+        value = torch.as_tensor(value, dtype=param.dtype)
         if not bool(value > 0):
             raise ValueError(f"threshold must be > 0, got {float(value)}")
-        self.log_threshold.copy_(value.log())
+        param.copy_(value if self.threshold_param == "raw" else value.log())
 
     def quantize(self, z: Tensor) -> Tensor:
         """The noise-free QCFS map h(z); shape in = shape out."""
@@ -225,7 +266,10 @@ class QCFS(nn.Module):
         return SpikeSpec(self.threshold.detach(), self.shift, self.levels)
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}, shift={self.shift}"
+        return (
+            f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}, "
+            f"shift={self.shift}, threshold_param={self.threshold_param}"
+        )
 
 
 class NoisyQCFS(QCFS):
@@ -245,8 +289,9 @@ class NoisyQCFS(QCFS):
         init_threshold: float = 8.0,
         shift: float = 0.5,
         sigma: float = 0.0,
+        threshold_param: str = "log",
     ):
-        super().__init__(levels, init_threshold, shift)
+        super().__init__(levels, init_threshold, shift, threshold_param)
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma!r}")
         self.register_buffer("sigma", torch.tensor(float(sigma)))
@@ -329,6 +374,19 @@ def is_quantized_activation(module: nn.Module) -> bool:
     """True for activation modules that declare a `SpikeSpec` (``spike_spec()``): QCFS,
     NQ, ClipQuant and any registered user activation that implements the protocol."""
     return isinstance(module, nn.Module) and callable(getattr(module, "spike_spec", None))
+
+
+@torch.no_grad()
+def clamp_thresholds_(model: nn.Module) -> int:
+    """Project every ``raw`` QCFS threshold of ``model`` back to ≥ `RAW_THRESHOLD_FLOOR`
+    (in place; call after an optimizer step). Returns how many were clamped."""
+    clamped = 0
+    for m in model.modules():
+        if isinstance(m, QCFS) and m.threshold_param == "raw":
+            if bool(m.raw_threshold < RAW_THRESHOLD_FLOOR):
+                m.raw_threshold.clamp_(min=RAW_THRESHOLD_FLOOR)
+                clamped += 1
+    return clamped
 
 
 # ----------------------------------------------------------------------------- registry

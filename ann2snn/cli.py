@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=POS)
     t.add_argument("--lr", type=_positive_float)
     t.add_argument("--weight-decay", type=_non_negative_float)
+    t.add_argument(
+        "--threshold-param", choices=["log", "raw"],
+        help="train log λ (default) or λ itself, as the papers do",
+    )  # fmt: skip
+    t.add_argument(
+        "--threshold-decay", choices=["on", "off"],
+        help="weight decay on λ (default: on for raw λ, off for log λ)",
+    )  # fmt: skip
     t.add_argument("--seed", type=NONNEG)
     t.add_argument("--device", help="auto, cpu, cuda")
     t.add_argument("--data-dir", help="where the dataset lives (the only place looked)")
@@ -123,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=POS,
         help="NQ: calibration batches of the validation split (default 10)",
     )
+    t.add_argument(
+        "--nq-augment", action="store_true",
+        help="NQ: estimate σ on augmented training batches (as the reference code) "
+        "instead of the validation split",
+    )  # fmt: skip
     t.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="convert a checkpoint and simulate the SNN over T",
@@ -209,6 +222,8 @@ def _train(args: argparse.Namespace) -> int:
         "limit_train": args.limit_train, "limit_test": args.limit_test,
         "autoaugment": args.autoaugment, "cutout": args.cutout, "init": args.init,
         "download": args.download, "sync_bn": args.sync_bn,
+        "threshold_param": args.threshold_param,
+        "threshold_decay": None if args.threshold_decay is None else args.threshold_decay == "on",
     }  # fmt: skip
     overrides = {k: v for k, v in mapping.items() if v is not None}
     overrides.update(
@@ -224,7 +239,9 @@ def _train(args: argparse.Namespace) -> int:
         from .noise import nq_epoch_hook
 
         batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
-        hooks = {"on_epoch_end": nq_epoch_hook(steps=args.nq_steps, **batches)}
+        hooks = {
+            "on_epoch_end": nq_epoch_hook(steps=args.nq_steps, augment=args.nq_augment, **batches)
+        }
     record = train(cfg, hooks=hooks)
     import torch.distributed as dist
 

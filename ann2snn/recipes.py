@@ -114,6 +114,8 @@ class TrainConfig:
     fine-tuning a pretrained ANN; each λ then starts at its ReLU's 99.9th percentile.
     ``sync_bn``: under torchrun on GPUs, BatchNorm statistics over the whole global batch
     (``torch.nn.SyncBatchNorm``); without it each rank normalises its own rows.
+    ``threshold_param``: "log" (train log λ) or "raw" (train λ itself, as the papers do);
+    ``threshold_decay``: weight decay on λ, None = True for raw and False for log.
     ``resume=True`` continues an interrupted run in ``out_dir`` (or starts it if empty).
     """
 
@@ -143,6 +145,8 @@ class TrainConfig:
     autoaugment: bool = False
     cutout: int = 0
     act_kwargs: dict[str, Any] = field(default_factory=dict)
+    threshold_param: str = "log"
+    threshold_decay: bool | None = None
     init: str | None = None
     download: bool = False
     sync_bn: bool = False
@@ -210,6 +214,17 @@ class TrainConfig:
         positive_int("cutout", allow_zero=True)
         if not isinstance(self.act_kwargs, dict):
             fail(f"act_kwargs must be a dict, got {type(self.act_kwargs).__name__}")
+        from ann2snn.activations import THRESHOLD_PARAMS
+
+        if self.threshold_param not in THRESHOLD_PARAMS:
+            fail(
+                f"threshold_param must be one of {', '.join(THRESHOLD_PARAMS)}, "
+                f"got {self.threshold_param!r}"
+            )
+        if "threshold_param" in self.act_kwargs:
+            fail("set threshold_param as its own field, not in act_kwargs")
+        if self.threshold_decay is not None and not isinstance(self.threshold_decay, bool):
+            fail(f"threshold_decay must be None (follow threshold_param) or a bool, got {self.threshold_decay!r}")  # fmt: skip
         if self.init is not None:
             if not isinstance(self.init, str | os.PathLike) or not os.path.isfile(self.init):
                 fail(f"init must be a weights file (.safetensors, .pth, .pt), got {self.init!r}")
@@ -218,6 +233,20 @@ class TrainConfig:
             name = self.model.replace(":", "-").replace("/", "-")
             self.out_dir = f"runs/{self.dataset}-{name}-{self.act}-L{self.levels}"
         self.out_dir = str(self.out_dir)
+
+    @property
+    def decays_thresholds(self) -> bool:
+        """Whether weight decay reaches λ: ``threshold_decay``, or when None, True for a
+        ``raw`` λ (the papers' code) and False for ``log`` (decay on log λ pulls λ to 1)."""
+        if self.threshold_decay is not None:
+            return self.threshold_decay
+        return self.threshold_param == "raw"
+
+    def activation_kwargs(self) -> dict[str, Any]:
+        """Keywords for the activation factory: ``act_kwargs`` plus ``threshold_param``
+        when it is not the default (so a user's activation without it keeps working)."""
+        extra = {"threshold_param": self.threshold_param} if self.threshold_param != "log" else {}
+        return {**self.act_kwargs, **extra}
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._progress import ProgressBar
-from .activations import is_quantized_activation
+from .activations import THRESHOLD_PARAM_NAMES, clamp_thresholds_, is_quantized_activation
 from .calibration import init_thresholds
 from .checkpoint import (
     RESUME_TAG,
@@ -102,20 +102,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """SGD parameter groups: everything decays except the activation thresholds.
+def param_groups(
+    model: nn.Module, weight_decay: float, threshold_decay: bool = False
+) -> list[dict[str, Any]]:
+    """SGD parameter groups: everything decays; activation thresholds only if asked.
 
-    QCFS stores λ as ``log_threshold`` (log λ) so that no step can push λ through zero.
-    Weight decay on log λ would pull log λ toward 0, i.e. λ toward 1 — an arbitrary
-    value with no regularising meaning (the clip range is set by the data, not by a
-    prior around 1). So threshold parameters get no decay; all other parameters
-    (including BatchNorm's) keep it, as in the reference code.
+    With ``threshold_decay=False`` the QCFS thresholds (``log_threshold`` or
+    ``raw_threshold``) get no decay. On log λ, decay would pull log λ toward 0, i.e. λ
+    toward 1 — an arbitrary value with no regularising meaning; on a raw λ it is what the
+    papers' code does (``TrainConfig.threshold_decay`` follows ``threshold_param``). All
+    other parameters (including BatchNorm's) keep it, as in the reference code.
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if name.rsplit(".", 1)[-1] == "log_threshold" else decay).append(p)
+        is_threshold = name.rsplit(".", 1)[-1] in THRESHOLD_PARAM_NAMES
+        (no_decay if is_threshold and not threshold_decay else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -351,11 +354,14 @@ def prepare_training(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
-        param_groups(model, config.weight_decay),
+        param_groups(model, config.weight_decay, config.decays_thresholds),
         lr=config.lr,
         momentum=config.momentum,
         fused=device.type == "cuda",  # one kernel for the whole update instead of one per tensor
     )
+    if any(getattr(m, "threshold_param", None) == "raw" for m in model.modules()):
+        # A raw λ could cross zero in one large step: project it back after every step.
+        optimizer.register_step_post_hook(lambda *_: clamp_thresholds_(model))
     # The compiled wrapper shares parameters with `model`; checkpoints use `model` so their
     # keys carry no "_orig_mod." prefix.
     compile_mode = _compile_mode(config, device)
@@ -463,14 +469,14 @@ def _source_model(
             levels=config.levels,
             pool=config.pool,
             image_size=loaders.image_size,
-            **config.act_kwargs,
+            **config.activation_kwargs(),
         )
         return create_model(config.model, **model_kwargs), model_kwargs, None
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if is_prepared(model) or any(is_quantized_activation(m) for m in model.modules()):
         return copy.deepcopy(model), {}, None  # already quantized: trained as it is
-    prepared = prepare(model, config.act, config.levels, config.pool, **config.act_kwargs)
+    prepared = prepare(model, config.act, config.levels, config.pool, **config.activation_kwargs())
     return prepared, {}, dict(prepared.ann2snn_prepare)  # what `load` prepares again
 
 

@@ -43,7 +43,8 @@ METHODS = ("qcfs", "nq", "casc", "gn", "relu")
 ANN_OF = {"qcfs": "qcfs", "gn": "qcfs", "nq": "nq", "casc": "clipq", "relu": "relu"}
 # Settings that change the numbers: results of an earlier run are only merged if they match.
 RECIPE_KEYS = ("dataset", "epochs", "levels", "casc_levels", "casc_sleep", "T", "batch_size",
-               "lr", "seed", "limit_train", "limit_test", "nq_batches", "sleep_grid")  # fmt: skip
+               "lr", "seed", "limit_train", "limit_test", "nq_batches", "sleep_grid",
+               "threshold_param", "threshold_decay", "nq_augment")  # fmt: skip
 
 
 def _ints(text: str) -> list[int]:
@@ -80,6 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch.compile in training: auto (on CUDA), off, or a mode",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threshold-param", choices=["log", "raw"], default="log",
+                   help="QCFS/NQ: train log λ or λ itself (the papers)")  # fmt: skip
+    p.add_argument("--threshold-decay", choices=["auto", "on", "off"], default="auto",
+                   help="weight decay on λ (auto: on for raw λ, off for log λ)")  # fmt: skip
+    p.add_argument("--nq-augment", action="store_true",
+                   help="NQ: σ from augmented training batches instead of validation")  # fmt: skip
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.methods = [m for m in args.methods.split(",") if m]
@@ -99,14 +106,22 @@ def train_ann(args: argparse.Namespace, model_name: str, act: str) -> tuple[Any,
     levels = args.casc_levels if act == "clipq" else args.levels
     name = f"{args.dataset}-{model_name}-{act}-L{levels}-e{args.epochs}-s{args.seed}"
     name += f"-n{args.limit_train}" if args.limit_train else ""
+    thresholds = {}
+    if act in ("qcfs", "nq"):  # the ablation's settings; other activations have no λ
+        decay = {"auto": None, "on": True, "off": False}[args.threshold_decay]
+        thresholds = {"threshold_param": args.threshold_param, "threshold_decay": decay}
+        name += "-raw" if args.threshold_param == "raw" else ""
+        name += "" if decay is None else f"-wd{'on' if decay else 'off'}"
+        name += "-aug" if act == "nq" and args.nq_augment else ""
     run_dir = Path(args.runs_dir) / name
     cfg = TrainConfig(
         model=model_name, dataset=args.dataset, data_dir=args.data_dir, act=act, levels=levels,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=args.device, out_dir=str(run_dir), limit_train=args.limit_train,
         limit_test=args.limit_test, progress=args.progress, resume=True, compile=args.compile,
+        **thresholds,
     )  # fmt: skip
-    hooks = {"on_epoch_end": _nq_hook(args.nq_batches)} if act == "nq" else None
+    hooks = {"on_epoch_end": _nq_hook(args.nq_batches, args.nq_augment)} if act == "nq" else None
     if torch.cuda.is_available():
         # `train` compiles on CUDA; four variants of one class in one process would pass
         # torch's limit of 8 graphs per function and silently run the later ones eager.
@@ -131,10 +146,11 @@ def train_ann(args: argparse.Namespace, model_name: str, act: str) -> tuple[Any,
     return load(run_dir), info
 
 
-def _nq_hook(max_batches: int | None):
+def _nq_hook(max_batches: int | None, augment: bool = False):
     """`nq_epoch_hook` plus the calibration time of every epoch (the library's hook keeps
     only the latest); keyed by epoch so a resumed run cannot double-count."""
-    inner = nq_epoch_hook(steps=4, **({} if max_batches is None else {"max_batches": max_batches}))
+    batches = {} if max_batches is None else {"max_batches": max_batches}
+    inner = nq_epoch_hook(steps=4, augment=augment, **batches)
 
     def on_epoch_end(model, epoch, loaders, record):
         out = dict(inner(model, epoch, loaders, record))
