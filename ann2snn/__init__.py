@@ -17,6 +17,7 @@ from .activations import (
 from .calibration import init_thresholds
 from .checkpoint import CheckpointError, load, load_record, save_checkpoint
 from .conversion import ConversionError, SupportReport, check, convert, fold_bn
+from .correction import CALIBRATION_METHODS, CalibrationLog, calibrate
 from .data import DatasetNotFoundError, create_loaders, list_datasets
 from .models import create_model, list_models, register_model
 from .monitor import ActivityMonitor, ActivityReport, LayerActivity
@@ -93,6 +94,9 @@ __all__ = [
     "list_models",
     "register_model",
     "calibrate_noise",
+    "calibrate",
+    "CalibrationLog",
+    "CALIBRATION_METHODS",
     "NoiseCalibration",
     "train",
     "TrainConfig",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import list_activations
+from .correction import CALIBRATION_METHODS
 from .neuron import list_neurons
 from .recipes import PRESETS
 from .validation import resolve_device
@@ -177,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--activity-batches", type=POS, help="count activity on the first N batches (default all)"
     )
+    e.add_argument(
+        "--calibrate", choices=list(CALIBRATION_METHODS),
+        help="post-conversion calibration on the validation split: 'bias' (per-channel "
+        "bias, Li et al. 2021) or 'offset' (per-channel v(0), Hao et al. 2023); one "
+        "calibrated network per reported T unless --calib-T is given",
+    )  # fmt: skip
+    e.add_argument("--calib-batches", type=POS, default=8,
+                   help="validation batches used by --calibrate (default 8)")  # fmt: skip
+    e.add_argument("--calib-T", type=POS, help="calibrate once, for this T, and run all T on it")
     e.add_argument("--data-dir")
     e.add_argument("--download", action="store_true", help="download CIFAR if missing")
     e.add_argument("--limit-test", type=POS)
@@ -310,7 +320,19 @@ def _eval(args: argparse.Namespace) -> int:
     label = f"{mk.get('act', '?')}+{args.neuron}" + (
         f" (tau={options['tau']})" if "tau" in options else ""
     )
-    if args.sleep and args.margin is None and len(steps) > 1:
+    per_T = False
+    if args.calibrate:
+        if loaders.val is None:
+            raise SystemExit("ann2snn eval: --calibrate needs the validation split; this dataset has none")  # fmt: skip
+        options["post_calibration"] = {"method": args.calibrate, "data": loaders.val,
+                                       "batches": args.calib_batches}  # fmt: skip
+        if args.calib_T:
+            options["post_calibration"]["T"] = args.calib_T
+        per_T = args.calib_T is None and len(steps) > 1
+        label += f", {args.calibrate}-calibrated" + (
+            f" at T={args.calib_T}" if args.calib_T else ""
+        )
+    if (args.sleep and args.margin is None and len(steps) > 1) or per_T:
         row = evaluate_wake_sleep(
             model, test, steps, args.sleep, progress, label=label, neuron=args.neuron,
             **options,

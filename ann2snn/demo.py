@@ -80,8 +80,9 @@ def evaluate_wake_sleep(
     neuron: str = "cif",
     **convert_options: Any,
 ) -> dict[str, Any]:
-    """Wake-sleep (CASC): one run per T (T wake steps, then ``sleep`` input-free steps);
-    ``convert_options`` go to `convert` (e.g. ``compiled=True``)."""
+    """One run per T (T wake steps, then ``sleep`` input-free steps): CASC's wake-sleep,
+    and networks calibrated for each T; ``convert_options`` go to `evaluate_snn` (e.g.
+    ``compiled=True``, ``post_calibration``)."""
     row: dict[str, Any] = {"label": label, "neuron": neuron, "sleep": sleep, "accuracy_by_wake": {},
                            "total_steps_by_wake": {}, "wall_time": 0.0}  # fmt: skip
     for t in steps:
@@ -100,6 +101,8 @@ def evaluate_wake_sleep(
                 row[key] = r[key]
         row["wall_time"] += r["wall_time"]
         row["convert"] = r["convert"]
+        if "calibration" in r:  # post-conversion calibration, one per T
+            row.setdefault("calibration_by_wake", {})[str(t)] = r["calibration"]
     # For plots: accuracy against total steps of each separate run.
     row["total_steps"] = [t + sleep for t in steps]
     row["accuracy"] = [row["accuracy_by_wake"][str(t)] for t in steps]

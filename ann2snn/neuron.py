@@ -97,6 +97,10 @@ class SpikingNeuron(nn.Module):
         if step_mode not in ("s", "m"):
             raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
         self.register_buffer("threshold", threshold.reshape(()))
+        # Per-channel shift of v(0) set by post-conversion calibration (`ann2snn.calibrate`),
+        # shaped to broadcast over one step's input: [C] for [B, C], [C, 1, 1] for
+        # [B, C, H, W]; None (no buffer in the state dict) until then.
+        self.register_buffer("v_offset", None)
         self.v_init = float(v_init)
         self.step_mode = step_mode
         # T of the folded [T·B, ...] input, set by the enclosing network for one call.
@@ -134,13 +138,19 @@ class SpikingNeuron(nn.Module):
 
     @property
     def v0(self) -> Tensor:
-        """Initial membrane potential (a scalar)."""
+        """Initial membrane potential shared by every element (a scalar); `v_offset`, if
+        set, is added per channel (`initial_membrane`)."""
         return self.v_init * self.threshold
+
+    def initial_membrane(self) -> Tensor:
+        """v(0) as it starts: the scalar `v0`, or ``v0 + v_offset`` (per channel)."""
+        return self.v0 if self.v_offset is None else self.v0 + self.v_offset
 
     def init_state(self, x: Tensor) -> None:
         """Allocate the state for input ``x`` of shape ``[B, ...]``."""
-        # One pass (a broadcast copy of the 0-dim v0): no zero fill first, no host sync.
-        self.v = torch.empty_like(x, dtype=torch.float32).copy_(self.v0)
+        # One pass (a broadcast copy of v(0), 0-dim or per channel): no zero fill first,
+        # no host sync.
+        self.v = torch.empty_like(x, dtype=torch.float32).copy_(self.initial_membrane())
 
     # --- the step: one function of tensors --------------------------------------------
     # The state is updated in place: simulation runs without autograd, and each avoided
@@ -225,8 +235,9 @@ class SpikingNeuron(nn.Module):
         self.recorded = None
 
     def extra_repr(self) -> str:
+        offset = "" if self.v_offset is None else f", v_offset={tuple(self.v_offset.shape)}"
         return (
-            f"threshold={float(self.threshold):.4g}, v_init={self.v_init}, "
+            f"threshold={float(self.threshold):.4g}, v_init={self.v_init}{offset}, "
             f"step_mode={self.step_mode!r}" + (", compiled=True" if self.compiled else "")
         )
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .conversion import convert
+from .correction import CalibrationLog, calibrate
 from .monitor import E_AC, E_MAC, ActivityReport
 from .network import device_of
 from .simulation import simulate
@@ -65,12 +66,21 @@ def evaluate_snn(
     calibration: Any = None,
     activity: bool = False,
     activity_batches: int | None = None,
+    post_calibration: dict[str, Any] | None = None,
     **convert_options: Any,
 ) -> dict[str, Any]:
     """Convert ``model`` with ``neuron`` and simulate T wake steps; a JSON-able row.
 
-    With ``activity=True`` the row also holds what the spikes cost (`cost_columns`)."""
+    With ``activity=True`` the row also holds what the spikes cost (`cost_columns`).
+    ``post_calibration``: keywords of `ann2snn.calibrate` (``data``, ``method``,
+    ``batches``, optional ``T``, default this run's T) applied after conversion; the
+    row then holds the calibration's log under ``"calibration"``."""
     snn = convert(model, neuron, calibration=calibration, **convert_options)
+    cal_log = None
+    if post_calibration:
+        cal_log = CalibrationLog(post_calibration["method"], T)
+        opts = {"T": T, "sleep": sleep, **post_calibration}
+        snn = calibrate(snn, log=cal_log, **opts)
     res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, dtype=dtype,
                    progress=progress, activity=activity, activity_batches=activity_batches)  # fmt: skip
     row = {
@@ -90,6 +100,8 @@ def evaluate_snn(
     }
     if res.activity is not None:
         row.update(cost_columns(res.activity))
+    if cal_log is not None:
+        row["calibration"] = cal_log.as_dict()
     return row
 
 
@@ -163,7 +175,7 @@ def format_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         label = r["label"]
-        if r.get("total_steps_by_wake"):  # one run per T: T wake steps, then the sleep
+        if r.get("total_steps_by_wake") and r.get("sleep"):  # one run per T, then the sleep
             label += f" (T wake + {r['sleep']} sleep)"
         elif r.get("sleep"):
             label += f" (+{r['sleep']} sleep per {r.get('margin') or r['T']} wake)"

@@ -1,0 +1,131 @@
+"""Post-conversion calibration (`ann2snn.calibrate`): bias and offset methods."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_unchanged, images, make_resnet, make_vgg, model_signature
+from torch import nn
+
+import ann2snn
+from ann2snn import QCFS, calibrate, convert, run
+from ann2snn.correction import CalibrationLog
+
+T = 4
+
+
+def _one_layer(z: torch.Tensor) -> nn.Sequential:
+    """x = 1 → Linear (weights 0, bias z_c per channel) → QCFS(L=4, λ=1) → Linear(I):
+    channel c sees the constant input z_c at every step."""
+    c = z.numel()
+    first, last = nn.Linear(1, c), nn.Linear(c, c)
+    with torch.no_grad():
+        first.weight.zero_()
+        first.bias.copy_(z)
+        last.weight.copy_(torch.eye(c))
+        last.bias.zero_()
+    return nn.Sequential(first, QCFS(4, init_threshold=1.0), last).eval()
+
+
+@pytest.mark.parametrize("method", ["offset", "bias"])
+def test_closed_form_offset_is_removed_exactly(method):
+    # The SNN starts from v(0) = 0 where the ANN's ½-shift needs θ/2: for constant input
+    # z the ANN emits floor(4z + ½)/4 and the SNN floor(4z)/4 after T = 4 steps, one
+    # spike short wherever frac(4z) ≥ ½. The gap per channel is known in closed form.
+    z = torch.tensor([0.05, 0.15, 0.3, 0.4, 0.55, 0.62, 0.8, 0.9, 1.3, -0.2])
+    model = _one_layer(z)
+    snn = convert(model, "if", v_init=0.0)
+    x = torch.ones(8, 1)
+    ann = model(x)
+    before = run(snn, x, T=T)
+    ann_q = torch.clamp(torch.floor(4 * z + 0.5), 0, 4) / 4
+    snn_q = torch.clamp(torch.floor(4 * z), 0, 4) / 4
+    assert torch.equal(before[0], snn_q) and torch.equal(ann[0], ann_q)
+    assert not torch.equal(before, ann)
+    fixed = calibrate(snn, x, T=T, method=method, batches=1)
+    assert torch.equal(run(fixed, x, T=T), ann)
+    neuron = dict(fixed.spiking_layers())[fixed.layers[0]]
+    if method == "offset":
+        # v(0) shifted by exactly T·gap = one θ (=1) where a spike was missing, else 0.
+        assert torch.equal(neuron.v_offset, T * (ann_q - snn_q))
+    else:
+        # The feeding Linear's bias moved by exactly the rate gap.
+        assert torch.equal(fixed.body.get_submodule("0").bias, z + (ann_q - snn_q))
+    # The input network is untouched.
+    assert torch.equal(run(snn, x, T=T), before)
+    assert dict(snn.spiking_layers())[snn.layers[0]].v_offset is None
+
+
+@pytest.mark.parametrize("method", ["offset", "bias"])
+@pytest.mark.parametrize("make", [make_vgg, make_resnet])
+def test_calibration_reduces_the_layer_gap_and_keeps_the_input(method, make):
+    model = make()
+    snn = convert(model, "if")
+    sig = model_signature(snn)
+    data = [(images(32, seed=s), None) for s in range(3)]
+    log = CalibrationLog(method, 2)
+    fixed = calibrate(snn, data, T=2, method=method, batches=3, log=log)
+    assert_unchanged(snn, sig)
+    assert log.images == 96 and set(log.layers) == set(snn.layers)
+    again = CalibrationLog(method, 2)
+    calibrate(fixed, data, T=2, method=method, batches=3, log=again)
+    before = sum(v["mean_abs_gap_over_theta"] for v in log.layers.values())
+    after = sum(v["mean_abs_gap_over_theta"] for v in again.layers.values())
+    assert after < 0.5 * before
+    # Held-out images: the output is closer to the ANN's at T = 2.
+    x = images(64, seed=99)
+    ann = model(x)
+    err = lambda net: float((run(net, x, T=2) - ann).abs().mean())  # noqa: E731
+    assert err(fixed) < err(snn)
+    assert fixed.config["calibration"] == {"method": method, "T": 2, "images": 96, "per_channel": True}  # fmt: skip
+
+
+def test_gn_exact_network_is_left_as_it_is():
+    model = make_vgg()
+    gn = convert(model, "gn", tau=4)
+    x = images(16)
+    fixed = calibrate(gn, x, T=1, method="offset", batches=1)
+    assert torch.equal(run(fixed, x, T=1), run(gn, x, T=1))
+    assert all(float(n.v_offset.abs().max()) == 0 for _, n in fixed.spiking_layers())
+
+
+def test_offset_survives_state_dict_and_reset():
+    model = make_vgg()
+    fixed = calibrate(convert(model, "if"), images(16), T=2, method="offset", batches=1)
+    x = images(8, seed=3)
+    first = run(fixed, x, T=2)
+    fixed.reset()
+    assert torch.equal(run(fixed, x, T=2), first)  # v(0) is re-applied after reset
+    fresh = calibrate(convert(model, "if"), images(4, seed=5), T=2, method="offset", batches=1)
+    fresh.load_state_dict(fixed.state_dict())
+    assert torch.equal(run(fresh, x, T=2), first)
+
+
+def test_bad_arguments_are_named():
+    snn = convert(make_vgg(), "if")
+    with pytest.raises(ValueError, match="method must be one of bias, offset, got 'magic'"):
+        calibrate(snn, images(4), T=2, method="magic")
+    with pytest.raises(TypeError, match="SpikingNetwork"):
+        calibrate(make_vgg(), images(4), T=2)
+    with pytest.raises(ValueError, match="T"):
+        calibrate(snn, images(4), T=0)
+    # A neuron fed by the input directly has no layer to carry a bias.
+    bare = convert(nn.Sequential(QCFS(4, init_threshold=1.0), nn.Linear(3, 2)).eval(), "if")
+    with pytest.raises(ValueError, match="method 'bias' needs .* use method='offset'"):
+        calibrate(bare, torch.rand(4, 3), T=2, method="bias")
+    assert calibrate(bare, torch.rand(4, 3), T=2, method="offset") is not bare
+
+
+def test_relu_network_calibrates():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()  # fmt: skip
+    data = torch.randn(256, 6)
+    snn = convert(model, "if", calibration=data)
+    fixed = calibrate(snn, data, T=2, method="bias", batches=1)
+    x = torch.randn(128, 6)
+    ann = model(x)
+    # With ReLU the target is the clipped activation; the error still shrinks.
+    assert float((run(fixed, x, T=2) - ann).abs().mean()) < float(
+        (run(snn, x, T=2) - ann).abs().mean()
+    )
+    assert ann2snn.calibrate is calibrate
