@@ -117,6 +117,16 @@ class SpikingNeuron(nn.Module):
             raise RuntimeError(why)
         self.compiled = bool(compiled)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A calibrated network's state dict loads into a freshly converted one (and back):
+        # `v_offset` is adopted when the dict has it and dropped when it has not.
+        key = prefix + "v_offset"
+        if key in state_dict:
+            self.v_offset = torch.empty_like(state_dict[key], device=self.threshold.device)
+        else:
+            self.v_offset = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # --- construction -----------------------------------------------------------------
     @classmethod
     def from_activation(cls, act: nn.Module, **kwargs) -> SpikingNeuron:

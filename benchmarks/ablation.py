@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int)
+    p.add_argument("--data-dir")
     p.add_argument("--limit-train", type=int)
     p.add_argument("--limit-test", type=int)
     p.add_argument("--variants", help="comma-separated indices into VARIANTS (default: all)")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["--dataset", args.dataset, "--models", args.model, "--epochs", str(args.epochs),
               "--lr", str(args.lr), "--seed", str(args.seed), "--T", ",".join(map(str, STEPS)),
               "--runs-dir", args.runs_dir, "--device", "cpu", "--compile", "off"]  # fmt: skip
-    for flag in ("threads", "limit_train", "limit_test"):
+    for flag in ("threads", "limit_train", "limit_test", "data_dir"):
         if getattr(args, flag):
             common += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.no_progress:

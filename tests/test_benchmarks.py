@@ -218,3 +218,28 @@ def test_bad_inputs_tiny(fmnist, tmp_path):
     assert rows["tau = 0"]["outcome"] == "error" and "tau must be" in rows["tau = 0"]["detail"]
     assert rows["eval --batch-size 0"]["outcome"] == "error"
     assert "--batch-size: must be >= 1" in rows["eval --batch-size 0"]["detail"]
+
+
+def test_ablation_and_calibration_tiny(fmnist, tmp_path):
+    out, runs = tmp_path / "abl.json", tmp_path / "runs"
+    summary = _main("ablation.py")(["--epochs", "1", "--variants", "2,6", "--data-dir", str(fmnist),
+                                    "--runs-dir", str(runs), "--out", str(out), "--no-progress"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["index"] for r in rows] == [2, 6] and summary["rows"] == rows
+    assert rows[0]["flags"] == ["--threshold-param", "raw"] and rows[1]["method"] == "nq"
+    for r in rows:
+        assert set(r["snn"]) == {"1", "2", "4", "8"} and 0 <= r["ann"] <= 1
+        assert all(lam > 0 for lam in r["thresholds"])
+    assert "raw λ" in summary["table"]
+    run_dir = next(p for p in runs.iterdir() if p.name.endswith("-raw"))
+    cal_out = tmp_path / "cal.json"
+    result = _main("calibration.py")([str(run_dir), "--T", "1,2", "--batches", "1",
+                                      "--data-dir", str(fmnist), "--out", str(cal_out)])  # fmt: skip
+    row = json.loads(cal_out.read_text())["rows"][0]
+    assert set(row["plain"]) == {"1", "2"} and set(row["methods"]) == {"bias", "offset"}
+    for by_t in row["methods"].values():
+        assert set(by_t) == {"1", "2"}
+        assert all(
+            _finite_positive(v["seconds"]) and 0 <= v["accuracy"] <= 1 for v in by_t.values()
+        )
+    assert "| " in result["table"]

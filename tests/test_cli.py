@@ -407,3 +407,22 @@ def test_train_nq_calibrates_sigma_per_layer(data_dir, tmp_path, capsys):
     assert all(v > 0 for v in sigma.values())  # T_n = 2 ≠ L = 4: no layer is exact
     snn_acc = record["extra"]["snn_val_acc"]
     assert record["metrics"]["history"][0]["select_metric"] == snn_acc
+
+
+def test_eval_calibrate_records_one_calibration_per_T(run_dir, data_dir, tmp_path, capsys):
+    report = _eval_json(run_dir, data_dir, tmp_path / "k", "--T", "1,2", "--calibrate", "offset",
+                        "--calib-batches", "2", capsys=capsys)  # fmt: skip
+    row = report["rows"][0]
+    assert "offset-calibrated" in row["label"]
+    cal = row["calibration_by_wake"]
+    assert set(cal) == {"1", "2"} and cal["2"]["T"] == 2 and cal["2"]["method"] == "offset"
+    assert cal["1"]["images"] > 0 and cal["1"]["layers"]
+    # Once, at one T, for every reported step in one run.
+    once = _eval_json(run_dir, data_dir, tmp_path / "o", "--T", "1,2", "--calibrate", "bias",
+                      "--calib-T", "2", "--calib-batches", "1", capsys=capsys)["rows"][0]  # fmt: skip
+    assert once["calibration"]["T"] == 2 and set(once["accuracy_by_wake"]) == {"1", "2"}
+    # A user's mistake is one line, naming the allowed methods.
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(run_dir), "--calibrate", "magic"])
+    assert exc.value.code == 2
+    assert "choose from 'bias', 'offset'" in capsys.readouterr().err
