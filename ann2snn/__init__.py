@@ -14,6 +14,7 @@ from .activations import (
     list_activations,
     register_activation,
 )
+from .binarization import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
 from .calibration import init_thresholds
 from .checkpoint import CheckpointError, load, load_record, save_checkpoint
 from .conversion import ConversionError, SupportReport, check, convert, fold_bn
@@ -94,6 +95,11 @@ __all__ = [
     "list_models",
     "register_model",
     "calibrate_noise",
+    "binarize",
+    "is_binarized",
+    "SpikeScale",
+    "MemberExpand",
+    "MemberSum",
     "calibrate",
     "CalibrationLog",
     "CALIBRATION_METHODS",

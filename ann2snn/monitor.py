@@ -166,7 +166,7 @@ class ActivityMonitor:
         self.ann_macs, self.analog_macs = mac_counts(snn, example, values)
         self.layers = list(snn.spiking_layers())
         self.fanout = {name: fan[name].to(example.device) for name, _ in self.layers}
-        self.quantum = {name: float(n.quantum) for name, n in self.layers}
+        self.quantum = {name: float(n.spike_value) for name, n in self.layers}
         # Per layer: sums over the batches done, and the current batch's per-step lists.
         self.events: dict[str, Tensor | None] = {name: None for name, _ in self.layers}
         self.synops: dict[str, Tensor | None] = {name: None for name, _ in self.layers}

@@ -113,6 +113,9 @@ class SpikingNeuron(nn.Module):
         self.record = False
         self.recorded: Tensor | None = None
         self.v: Tensor | None = None
+        # Deploy form (`ann2snn.binarize`): emit spike counts (0/1, CIF ±1) instead of
+        # count·quantum; the value is restored by a scale after the neuron.
+        self.binary = False
         if compiled and (why := compile_unavailable(self.threshold.device)):
             raise RuntimeError(why)
         self.compiled = bool(compiled)
@@ -145,6 +148,11 @@ class SpikingNeuron(nn.Module):
     def quantum(self) -> Tensor:
         """Value of one spike (and the amount the membrane is reduced by per spike)."""
         return self.threshold
+
+    @property
+    def spike_value(self) -> Tensor:
+        """What one spike event adds to the output: the quantum, or 1 when binary."""
+        return torch.ones_like(self.threshold) if self.binary else self.quantum
 
     @property
     def v0(self) -> Tensor:
@@ -214,6 +222,8 @@ class SpikingNeuron(nn.Module):
         else:
             type(self).kernel(*args)
         self.end_step()
+        if self.binary:  # count·quantum → count (whole numbers: rounding removes ulps)
+            emitted.div_(self.quantum).round_()
         if self.record:
             self.recorded = emitted.clone() if self.recorded is None else self.recorded + emitted
         if out is None:
@@ -231,6 +241,11 @@ class SpikingNeuron(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._ann_mode:
+            if self.binary:
+                raise RuntimeError(
+                    "a binarized network has no ANN pass (its spike values live in the "
+                    "weights); compare or calibrate the network before binarize"
+                )
             return self.ann_activation(x)
         if self._fold is not None:
             # Folded [T·B, ...] from a network whose stateless layers batch over time.
