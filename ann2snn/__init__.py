@@ -20,6 +20,8 @@ from .checkpoint import CheckpointError, load, load_record, save_checkpoint
 from .conversion import ConversionError, SupportReport, check, convert, fold_bn
 from .correction import CALIBRATION_METHODS, CalibrationLog, calibrate
 from .data import DatasetNotFoundError, create_loaders, list_datasets
+from .export import Unrolled, export_onnx, export_program
+from .interchange import NIRExportError, export_nir, import_nir
 from .models import create_model, list_models, register_model
 from .monitor import ActivityMonitor, ActivityReport, LayerActivity
 from .network import SpikingNetwork, biases_off
@@ -96,6 +98,12 @@ __all__ = [
     "register_model",
     "calibrate_noise",
     "binarize",
+    "export_nir",
+    "import_nir",
+    "NIRExportError",
+    "export_onnx",
+    "export_program",
+    "Unrolled",
     "is_binarized",
     "SpikeScale",
     "MemberExpand",

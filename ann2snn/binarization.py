@@ -11,7 +11,8 @@ expect spikes of 1 (or −1) with θ carried by the synapses. `binarize` rewrite
   θ/τ (member j starts at v(0) + j·θ/τ; by Hermite's identity Σⱼ ⌊(a + jθ/τ)/θ⌋ =
   ⌊a/(θ/τ)⌋, so their summed spikes are the group's count at every step), fed by a
   `MemberExpand` (each member sees the channel's input) and read by a `MemberSum`;
-* each `SpikeScale` is then folded into the weights of the conv/linear layer that reads
+* BatchNorm that follows a conv/linear is folded into it (exact in eval mode), and
+  each `SpikeScale` is then folded into the weights of the conv/linear layer that reads
   it, through average pooling, flatten and member sums (linear maps that commute with a
   scale). A scale that reaches a residual addition, a spiking max-pool or the output
   stays as an explicit scale node (NIR's ``Scale``).
@@ -30,6 +31,7 @@ from torch import Tensor, fx, nn
 
 from .network import SpikingNetwork
 from .neuron import ConsistentIF, GroupNeuron, IFNeuron, SpikingNeuron
+from .passes import PassContext, fold_batchnorm
 
 __all__ = ["binarize", "SpikeScale", "MemberExpand", "MemberSum", "is_binarized"]
 
@@ -212,6 +214,8 @@ def binarize(snn: SpikingNetwork, example: Tensor, fold: bool = True) -> Spiking
                 f"binarize: neuron {name!r} is a {type(n).__name__}; binary forms exist for "
                 "IFNeuron, GroupNeuron and ConsistentIF"
             )
+    # BatchNorm after a conv/linear goes into its weights too (exact in eval mode).
+    net.body = fold_batchnorm(net.body.eval(), PassContext())
     shapes = _shapes(net, example)
     gm: fx.GraphModule = net.body
     layers: list[str] = []

@@ -198,6 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="print accuracy per step as CSV")
     e.add_argument("--no-progress", action="store_true")
 
+    x = sub.add_parser("export", help="write a converted run as NIR, ONNX or torch.export",
+                       description="Convert a trained run and write the SNN for other tools.")  # fmt: skip
+    x.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
+    x.add_argument("--format", required=True, choices=["nir", "onnx", "torch"])
+    x.add_argument("--T", type=POS, default=4, help="ONNX/torch: time steps unrolled (default 4)")
+    x.add_argument("--neuron", default="if", choices=list_neurons())
+    x.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
+    x.add_argument("--binary", action="store_true",
+                   help="ONNX/torch: the deploy form (0/1 spikes, θ in the weights; NIR always is)")  # fmt: skip
+    x.add_argument("--time-input", action="store_true",
+                   help="ONNX/torch: input [T, B, ...] instead of one image batch repeated")  # fmt: skip
+    x.add_argument(
+        "--sleep", type=NONNEG, default=0, help="NIR: CASC sleep steps recorded in the file"
+    )
+    x.add_argument("--out", required=True, help="file to write (.nir, .onnx, .pt2)")
+    x.add_argument("--data-dir")
+
     c = sub.add_parser("check", help="support report: every op as supported or unsupported",
                        description="List every op of a model and whether it converts.")  # fmt: skip
     c.add_argument("target", help="a run folder/checkpoint, or a model name (cnn, vgg16, ...)")
@@ -446,6 +463,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    options = {"tau": args.tau} if args.tau is not None else {}
+    out, warnings = export_run(args.checkpoint, args.format, args.out, args.T, args.neuron,
+                               binary=args.binary, sleep=args.sleep, time_input=args.time_input,
+                               data_dir=args.data_dir, **options)  # fmt: skip
+    for line in warnings:
+        print(f"other NIR readers lose: {line}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ann2snn`` console script.
 
@@ -454,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     ``--debug`` shows the traceback instead. Ctrl-C exits 130 with one line.
     """
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "check": _check, "demo": _demo}
+    handlers = {"train": _train, "eval": _eval, "check": _check, "demo": _demo, "export": _export}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import _fmnist
 import pytest
 import torch
 
+import ann2snn
 from ann2snn.checkpoint import load_record
 from ann2snn.cli import main
 from ann2snn.neuron import compile_unavailable
@@ -426,3 +427,21 @@ def test_eval_calibrate_records_one_calibration_per_T(run_dir, data_dir, tmp_pat
         main(["eval", str(run_dir), "--calibrate", "magic"])
     assert exc.value.code == 2
     assert "choose from 'bias', 'offset'" in capsys.readouterr().err
+
+
+def test_export_writes_nir_onnx_and_torch(run_dir, tmp_path, capsys):
+    pytest.importorskip("nir")
+    rc = main(["export", str(run_dir), "--format", "nir", "--out", str(tmp_path / "a.nir")])
+    assert rc == 0 and (tmp_path / "a.nir").exists()
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "other NIR readers lose" in captured.err
+    back = ann2snn.import_nir(tmp_path / "a.nir")
+    assert back.layers and ann2snn.is_binarized(back)
+    rc = main(["export", str(run_dir), "--format", "torch", "--T", "2", "--binary",
+               "--out", str(tmp_path / "a.pt2")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "a.pt2").exists()
+    # A user's mistakes: one line each.
+    rc = main(["export", str(run_dir), "--format", "onnx", "--sleep", "4", "--out", str(tmp_path / "b.onnx")])  # fmt: skip
+    assert rc == 2 and "carried by NIR only" in capsys.readouterr().err
+    rc = main(["export", str(tmp_path / "nothing"), "--format", "nir", "--out", str(tmp_path / "c.nir")])  # fmt: skip
+    assert rc == 2 and "ann2snn export: error:" in capsys.readouterr().err
