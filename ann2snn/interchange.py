@@ -219,9 +219,32 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
 # ----------------------------------------------------------------------------- import
 
 
-def _module_for(nir, node) -> nn.Module:
-    """The inverse table: one NIR node → one torch module."""
+class PlainNIRIF(SpikingNeuron):
+    """NIR's IF as a reader without ann2snn's metadata executes it (discrete time, R = 1):
+    ``v ← v + x``; spike 1 where ``v > v_threshold`` (strict); there ``v ← v_reset``;
+    v(0) = 0. For measuring what such readers lose (`import_nir(..., metadata=False)`)."""
+
+    @staticmethod
+    def kernel(v: Tensor, x: Tensor, out: Tensor, theta: Tensor, v_reset: float) -> Tensor:
+        v.add_(x)
+        torch.gt(v, theta, out=out)
+        v.mul_(1 - out).add_(out * v_reset)
+        return out.mul_(theta)  # emitted value θ per spike; `binary` turns it into 1
+
+    def kernel_args(self) -> tuple:
+        return (self.threshold, 0.0)
+
+
+def _module_for(nir, node, metadata: bool = True) -> nn.Module:
+    """The inverse table: one NIR node → one torch module (``metadata=False``: as a reader
+    without ann2snn's metadata: plain NIR IF neurons, additions still summed)."""
     meta = (node.metadata or {}).get("ann2snn", {})
+    if not metadata and isinstance(node, nir.IF):
+        plain = PlainNIRIF(float(np.asarray(node.v_threshold).reshape(-1)[0]), v_init=0.0)
+        plain.binary = True
+        return plain
+    if not metadata:  # member fan-out/sum then run as the 1×1 convs they are written as
+        meta = {}
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     if isinstance(node, nir.IF):
         theta = float(np.asarray(node.v_threshold).reshape(-1)[0])
@@ -270,10 +293,14 @@ def _module_for(nir, node) -> nn.Module:
     raise ValueError(f"import_nir: no ann2snn module for NIR node {type(node).__name__}")
 
 
-def import_nir(path: str | Path) -> SpikingNetwork:
+def import_nir(path: str | Path, metadata: bool = True) -> SpikingNetwork:
     """Read a NIR graph (written by `export_nir`, or any graph of the supported nodes:
     Input, Output, Affine, Linear, Conv2d, AvgPool2d, Flatten, Scale, IF) into a
-    binarized `SpikingNetwork`. Nodes with several incoming edges sum their inputs."""
+    binarized `SpikingNetwork`. Nodes with several incoming edges sum their inputs.
+
+    ``metadata=False`` ignores ann2snn's node metadata and runs NIR's IF as written
+    (reset to v_reset, v(0) = 0, positive spikes only): what a plain NIR reader does,
+    to measure what it loses."""
     nir = _nir()
     path = Path(path)
     if not path.is_file():
@@ -302,7 +329,7 @@ def import_nir(path: str | Path) -> SpikingNetwork:
             continue
         name = "n_" + "".join(c if c.isalnum() else "_" for c in key)
         names[key] = name
-        module = _module_for(nir, node)
+        module = _module_for(nir, node, metadata)
         root.add_module(name, module)
         value[key] = g.call_module(name, (total,))
         if isinstance(module, SpikingNeuron):

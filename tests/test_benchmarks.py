@@ -243,3 +243,9 @@ def test_ablation_and_calibration_tiny(fmnist, tmp_path):
             _finite_positive(v["seconds"]) and 0 <= v["accuracy"] <= 1 for v in by_t.values()
         )
     assert "| " in result["table"]
+    nir_out = tmp_path / "nir.json"
+    readers = _main("nir_readers.py")([str(run_dir), "--T", "1,2", "--data-dir", str(fmnist),
+                                       "--out", str(nir_out)])  # fmt: skip
+    rows = json.loads(nir_out.read_text())["rows"]
+    assert rows["ann2snn"] == rows["NIR round trip (ann2snn metadata)"]
+    assert set(readers["external"]) == {"snntorch", "sinabs"} and readers["reader_losses"]

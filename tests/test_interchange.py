@@ -51,3 +51,30 @@ def test_what_nir_cannot_express_is_refused_by_name(tmp_path):
     assert not (tmp_path / "x.nir").exists()
     with pytest.raises(FileNotFoundError, match="no NIR file"):
         import_nir(tmp_path / "missing.nir")
+
+
+def test_plain_reader_runs_nir_if_as_specified(tmp_path):
+    # One channel, constant input 0.3 against θ = 1: ann2snn's IF (v(0) = θ/2, reset by
+    # subtraction) fires at steps 2 and 5 (v = 0.8, 1.1 → 0.1, 0.4, 0.7, 1.0 → 0, ...); NIR's IF as written
+    # (v(0) = 0, fire on v > θ, reset to 0) at steps 4 and 8.
+    from torch import nn
+
+    from ann2snn import QCFS
+
+    lin = nn.Linear(1, 1)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.fill_(0.3)
+    model = nn.Sequential(lin, QCFS(4, init_threshold=1.0), nn.Linear(1, 1)).eval()
+    with torch.no_grad():
+        model[2].weight.fill_(1.0)
+        model[2].bias.zero_()
+    snn = convert(model, "if")
+    x = torch.ones(2, 1)
+    export_nir(snn, tmp_path / "one.nir", x)
+    ours, _ = _spikes(import_nir(tmp_path / "one.nir"), x, steps=8)
+    plain, spikes = _spikes(import_nir(tmp_path / "one.nir", metadata=False), x, steps=8)
+    fired = lambda out: [t + 1 for t in range(8) if out[t, 0, 0] > 0]  # noqa: E731
+    assert fired(ours) == [2, 5]
+    assert fired(plain) == [4, 8]
+    assert all(torch.isin(s, s.new_tensor([0.0, 1.0])).all() for s in spikes)
