@@ -70,7 +70,7 @@ CASES = {
 def test_binarized_output_equals_the_snn_at_every_step(case):
     make, neuron, opts = CASES[case]
     model = make()
-    x = torch.rand(4, 1, 28, 28, dtype=torch.float64) * 2
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2
     snn = convert(model, neuron, **opts)
     before = [p.clone() for p in snn.state_dict().values()]
     binary = binarize(snn, x)

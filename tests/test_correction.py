@@ -63,18 +63,18 @@ def test_calibration_reduces_the_layer_gap_and_keeps_the_input(method, make):
     model = make()
     snn = convert(model, "if")
     sig = model_signature(snn)
-    data = [(images(32, seed=s), None) for s in range(3)]
+    data = [(images(16, seed=s), None) for s in range(2)]
     log = CalibrationLog(method, 2)
-    fixed = calibrate(snn, data, T=2, method=method, batches=3, log=log)
+    fixed = calibrate(snn, data, T=2, method=method, batches=2, log=log)
     assert_unchanged(snn, sig)
-    assert log.images == 96 and set(log.layers) == set(snn.layers)
+    assert log.images == 32 and set(log.layers) == set(snn.layers)
     # Every kept correction lowered the output error on the calibration images.
     for entry in log.layers.values():
         assert entry["kept"] is (entry["output_mse_after"] <= entry["output_mse_before"])
     kept = [name for name, e in log.layers.items() if e["kept"]]
     assert kept
-    before = layer_gaps(snn, data, T=2, batches=3)
-    after = layer_gaps(fixed, data, T=2, batches=3, reference=snn)
+    before = layer_gaps(snn, data, T=2, batches=2)
+    after = layer_gaps(fixed, data, T=2, batches=2, reference=snn)
     assert after[kept[0]] < 0.5 * before[kept[0]]
     # Each kept layer lowered the output error, so the whole network's is lower: on the
     # calibration images the output is closer to the ANN's at T = 2.
@@ -83,7 +83,7 @@ def test_calibration_reduces_the_layer_gap_and_keeps_the_input(method, make):
         ann = model(x)
         err = lambda net: float((run(net, x, T=2) - ann).square().mean())  # noqa: E731
         assert err(fixed) < err(snn)
-    assert fixed.config["calibration"] == {"method": method, "T": 2, "images": 96, "per_channel": True}  # fmt: skip
+    assert fixed.config["calibration"] == {"method": method, "T": 2, "images": 32, "per_channel": True}  # fmt: skip
 
 
 def test_gn_exact_network_is_left_as_it_is():

@@ -17,7 +17,7 @@ from ann2snn.interchange import NIRExportError, export_nir, import_nir  # noqa: 
 def test_round_trip_equals_the_snn_at_every_step(case, tmp_path):
     make, neuron, opts = CASES[case]
     model = make()
-    x = torch.rand(4, 1, 28, 28, dtype=torch.float64) * 2
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2
     snn = convert(model, neuron, **opts)
     sleep = 8 if neuron == "cif" else 0
     path = tmp_path / "net.nir"

@@ -83,11 +83,11 @@ def test_lambda_weight_decay_applies_only_when_asked(param):
         m = _tiny.TinyNet(act="qcfs", threshold_param=param)
         p = dict(m.named_parameters())[f"features.2.{param}_threshold"]
         opt = torch.optim.SGD(param_groups(m, 0.1, threshold_decay=decay), lr=1.0)
-        before = float(p)
+        before = float(p.detach())
         for q in m.parameters():
             q.grad = torch.zeros_like(q)
         opt.step()
-        assert (float(p) != before) is decay
+        assert (float(p.detach()) != before) is decay
 
 
 def test_config_rejects_bad_threshold_settings():
