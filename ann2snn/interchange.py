@@ -259,7 +259,7 @@ def _module_for(nir, node, metadata: bool = True) -> nn.Module:
         return n
     if meta.get("op") in ("MemberExpand", "MemberSum"):
         return (MemberExpand if meta["op"] == "MemberExpand" else MemberSum)(int(meta["members"]))
-    if meta.get("op") == "add" or isinstance(node, nir.Scale) and meta.get("op") == "add":
+    if meta.get("op") == "add":  # a residual sum: the edges already add
         return nn.Identity()
     if isinstance(node, nir.Conv2d):
         w = t(node.weight)
