@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int)
     p.add_argument("--data-dir", help="where the dataset lives (default: the usual places)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="apply every layer's correction (calibrate(..., guard=False))")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/cpu/calibration.json")
     args = p.parse_args(argv)
     args.T = sorted({int(t) for t in args.T.split(",")})
@@ -66,7 +68,8 @@ def evaluate_run(run: str, args: argparse.Namespace) -> dict[str, Any]:
         for t in args.T:
             log = CalibrationLog(method, t)
             start = time.perf_counter()
-            fixed = calibrate(snn, loaders.val, T=t, method=method, batches=args.batches, log=log)
+            fixed = calibrate(snn, loaders.val, T=t, method=method, batches=args.batches,
+                              guard=not args.no_guard, log=log)  # fmt: skip
             seconds = time.perf_counter() - start
             res = simulate(fixed, loaders.test, t, progress=False)
             kept = sum(1 for v in log.layers.values() if v.get("kept"))
