@@ -191,6 +191,7 @@ def calibrate(
     per_channel: bool = True,
     guard: bool = True,
     log: CalibrationLog | None = None,
+    rounds: int = 1,
 ) -> SpikingNetwork:
     """A calibrated copy of ``snn`` for ``T`` wake steps (``snn`` is not changed).
 
@@ -209,6 +210,9 @@ def calibrate(
             network's output to the ANN's output on the calibration batches (costs one
             more simulation per layer); False applies every correction.
         log: a `CalibrationLog` to fill (per-layer gaps, images, seconds).
+        rounds: ``"offset"`` only: repeat the whole layer-by-layer pass this many times,
+            each on the result of the last (what one linearised step left is measured
+            and removed again).
 
     GN with τ = L at T = 1 and CIF with T = Q and enough sleep are exact already: their
     measured gap is zero and calibration leaves them as they are.
@@ -225,6 +229,12 @@ def calibrate(
             "calibrate: this network already carries a bias calibration; calibrate the "
             "network ann2snn.convert returned (method 'offset' can be applied on top)"
         )
+    positive_int("rounds", rounds)
+    if rounds > 1:
+        if method != "offset":
+            raise ValueError(f"calibrate: rounds > 1 needs method='offset' (a bias calibration is measured against the network as converted), got method={method!r}")  # fmt: skip
+        for _ in range(rounds - 1):
+            snn = calibrate(snn, data, T, method, batches, sleep, per_channel, guard, log)
     schedule = Schedule(T, sleep)
     net = copy.deepcopy(snn)
     dev = device_of(net)

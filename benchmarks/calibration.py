@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int)
     p.add_argument("--data-dir", help="where the dataset lives (default: the usual places)")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="offset: repeat the pass (calibrate rounds=)"
+    )
     p.add_argument("--no-guard", action="store_true",
                    help="apply every layer's correction (calibrate(..., guard=False))")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/cpu/calibration.json")
@@ -68,8 +71,9 @@ def evaluate_run(run: str, args: argparse.Namespace) -> dict[str, Any]:
         for t in args.T:
             log = CalibrationLog(method, t)
             start = time.perf_counter()
+            rounds = {"rounds": args.rounds} if method == "offset" else {}
             fixed = calibrate(snn, loaders.val, T=t, method=method, batches=args.batches,
-                              guard=not args.no_guard, log=log)  # fmt: skip
+                              guard=not args.no_guard, log=log, **rounds)  # fmt: skip
             seconds = time.perf_counter() - start
             res = simulate(fixed, loaders.test, t, progress=False)
             kept = sum(1 for v in log.layers.values() if v.get("kept"))

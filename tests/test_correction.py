@@ -142,3 +142,19 @@ def test_relu_network_calibrates():
         after = layer_gaps(fixed, data, T=2, batches=1, reference=snn)[first]
         assert before > 0.05 and after < 0.75 * before
     assert ann2snn.calibrate is calibrate
+
+
+def test_offset_rounds_repeat_the_pass_and_bias_refuses_them():
+    model = make_resnet()
+    snn = convert(model, "if")
+    data = [(images(16, seed=s), None) for s in range(2)]
+    once = calibrate(snn, data, T=2, method="offset", batches=2, guard=False)
+    twice = calibrate(snn, data, T=2, method="offset", batches=2, guard=False, rounds=2)
+    again = calibrate(once, data, T=2, method="offset", batches=2, guard=False)
+    x = images(8, seed=4)
+    assert torch.equal(run(twice, x, T=2), run(again, x, T=2))  # = the pass applied twice
+    assert twice.config["calibration"]["after"]["method"] == "offset"
+    with pytest.raises(ValueError, match="rounds > 1 needs method='offset'"):
+        calibrate(snn, data, T=2, method="bias", rounds=2)
+    with pytest.raises(ValueError, match="rounds"):
+        calibrate(snn, data, T=2, method="offset", rounds=0)
