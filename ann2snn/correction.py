@@ -102,33 +102,63 @@ def _add_bias(layer: nn.Module, delta: Tensor) -> None:
         layer.bias.add_(delta.to(layer.bias.dtype).expand(channels))
 
 
-def _gap(ref: SpikingNetwork, net: SpikingNetwork, name: str, x: Tensor, schedule: Schedule,
-         max_fold: int) -> tuple[Tensor, float, int]:  # fmt: skip
-    """E[a_ANN − r_SNN] per channel of neuron ``name`` for one batch ``x`` ``[B, ...]``
-    (``[C]``), the squared error of the network's output to the ANN's (mean over
-    elements), and the rank of the neuron's tensors (``[B, C, ...]``). The ANN side runs on
-    ``ref``, the network as converted: a bias calibrated into ``net`` would move the ANN
-    pass of ``net`` too."""
-    got: dict[str, Tensor] = {}
-    hooked = ref.body.get_submodule(name)
-    handle = hooked.register_forward_hook(lambda m, i, o: got.__setitem__("a", o.detach()))
-    try:
-        ann_out = ref.ann_forward(x).float()  # [B, out...]
-    finally:
-        handle.remove()
-    neuron = net.body.get_submodule(name)
-    target = torch.minimum(got["a"].float().clamp_min(0), neuron.threshold)  # [B, C, ...]
-    net.reset()
-    neuron.record = True
-    try:
-        # The readout: the network's outputs summed over every step, per wake step.
-        snn_out = sum(o.float().sum(0) for o in run_schedule(net, x, schedule, max_fold))
-        snn_out = snn_out / schedule.wake  # [B, out...]
-        rate = neuron.recorded.float() / schedule.wake  # [B, C, ...] mean emitted value
-    finally:
-        neuron.record = False
+class _Reference:
+    """The ANN side, computed once per calibration batch on the network as converted (a
+    bias calibrated into the copy would move the copy's ANN pass too): per neuron layer
+    the per-channel mean of its activation clipped to [0, θ] (``[C]``), and the network's
+    output ``[B, out...]``. Means are linear, so E[a − r] = E[a] − E[r] needs no stored
+    activation maps."""
+
+    def __init__(self, ref: SpikingNetwork, inputs: list[Tensor]):
+        self.means: list[dict[str, Tensor]] = []  # per batch: layer → E[a] per channel
+        self.outputs: list[Tensor] = []
+        self.ranks: dict[str, int] = {}
+        layers = dict(ref.spiking_layers())
+        for x in inputs:
+            got: dict[str, Tensor] = {}
+            handles = [n.register_forward_hook(self._grab(got, name, n.threshold))
+                       for name, n in layers.items()]  # fmt: skip
+            try:
+                self.outputs.append(ref.ann_forward(x).float())  # [B, out...]
+            finally:
+                for h in handles:
+                    h.remove()
+            self.means.append(got)
+
+    def _grab(self, got: dict[str, Tensor], name: str, theta: Tensor):
+        """Forward hook: E[clip(a, 0, θ)] per channel of one layer's ANN activation."""
+
+        def hook(module, args, out: Tensor) -> None:
+            got[name] = _channel_mean(torch.minimum(out.detach().float().clamp_min(0), theta))
+            self.ranks[name] = out.dim()
+
+        return hook
+
+
+def _measure(reference: _Reference, net: SpikingNetwork, inputs: list[Tensor],
+             schedule: Schedule, max_fold: int) -> tuple[dict[str, Tensor], float]:  # fmt: skip
+    """One T-step simulation of ``net`` per batch, every layer recorded at once: per layer
+    E[a_ANN − r_SNN] per channel (``[C]``, averaged over the batches), and the squared
+    error of the network's time-averaged output to the ANN's (mean over elements)."""
+    layers = list(net.spiking_layers())
+    gaps: dict[str, Tensor] = {name: 0 for name, _ in layers}
+    mse = 0.0
+    for x, ann_means, ann_out in zip(inputs, reference.means, reference.outputs):
         net.reset()
-    return _channel_mean(target - rate), float((ann_out - snn_out).square().mean()), target.dim()
+        for _, n in layers:
+            n.record = True
+        try:
+            # The readout: the network's outputs summed over every step, per wake step.
+            snn_out = sum(o.float().sum(0) for o in run_schedule(net, x, schedule, max_fold))
+            mse += float((ann_out - snn_out / schedule.wake).square().mean())
+            for name, n in layers:
+                rate = n.recorded.float() / schedule.wake  # [B, C, ...] mean emitted value
+                gaps[name] = gaps[name] + (ann_means[name] - _channel_mean(rate))
+        finally:
+            for _, n in layers:
+                n.record = False
+            net.reset()
+    return {k: v / len(inputs) for k, v in gaps.items()}, mse / len(inputs)
 
 
 def layer_gaps(
@@ -149,17 +179,11 @@ def layer_gaps(
     inputs = [x.to(dev) for x in iter_inputs(data, batches)]
     out: dict[str, float] = {}
     with eval_mode(snn, ref), torch.no_grad():
+        gaps, _ = _measure(_Reference(ref, inputs), snn, inputs, Schedule(T, sleep),
+                           default_max_fold(dev))  # fmt: skip
         for name, neuron in snn.spiking_layers():
-            gap = _measure(ref, snn, name, inputs, Schedule(T, sleep), default_max_fold(dev))[0]
-            out[name] = float(gap.abs().mean()) / float(neuron.threshold)
+            out[name] = float(gaps[name].abs().mean()) / float(neuron.threshold)
     return out
-
-
-def _measure(ref, net, name, inputs, schedule, max_fold) -> tuple[Tensor, float, int]:
-    """`_gap` averaged over the calibration batches."""
-    measured = [_gap(ref, net, name, x, schedule, max_fold) for x in inputs]
-    n = len(measured)
-    return sum(m[0] for m in measured) / n, sum(m[1] for m in measured) / n, measured[0][2]
 
 
 def _apply(method: str, neuron: SpikingNeuron, feeding: nn.Module | None, gap: Tensor, T: int,
@@ -246,6 +270,10 @@ def calibrate(
     start = time.perf_counter()
     max_fold = default_max_fold(dev)
     with eval_mode(net, snn), torch.no_grad():
+        reference = _Reference(snn, inputs)
+        # One simulation measures every layer: the gaps of the layers still to come and
+        # the output error, before and (with the guard) after each layer's correction.
+        gaps, mse = _measure(reference, net, inputs, schedule, max_fold)
         for name, neuron in net.spiking_layers():
             feeding = _feeding_layer(net.body, name) if method == "bias" else None
             if method == "bias" and feeding is None:
@@ -254,22 +282,24 @@ def calibrate(
                     f"neuron {name!r} (through additions only, read by nothing else); use "
                     "method='offset' for this network"
                 )
-            gap, mse, rank = _measure(snn, net, name, inputs, schedule, max_fold)
-            if not per_channel:
-                gap = gap.mean()
+            gap = gaps[name] if per_channel else gaps[name].mean()
             theta = float(neuron.threshold)
             entry = {"mean_abs_gap_over_theta": float(gap.abs().mean()) / theta,
                      "output_mse_before": mse}  # fmt: skip
-            undo = _apply(method, neuron, feeding, gap, T, rank)
+            undo = _apply(method, neuron, feeding, gap, T, reference.ranks[name])
+            # The corrected network, measured once: it decides the guard and gives the
+            # next layers' gaps (the layers before are unchanged from here on).
+            after_gaps, after = _measure(reference, net, inputs, schedule, max_fold)
             if guard:
                 # Keep the correction only where it brings the network's output closer to
                 # the ANN's (matching a layer's mean can move the output away, e.g. at
-                # T = 1 where a neuron emits 0 or θ): one more simulation per layer.
-                _, after, _ = _measure(snn, net, name, inputs, schedule, max_fold)
+                # T = 1 where a neuron emits 0 or θ).
                 entry["output_mse_after"] = after
                 entry["kept"] = after <= mse
-                if not entry["kept"]:
-                    undo()
+            if not guard or entry["kept"]:
+                gaps, mse = after_gaps, after
+            else:
+                undo()
             log.layers[name] = entry
     log.seconds = time.perf_counter() - start
     previous = net.config.get("calibration")
