@@ -81,14 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--model",
         required=True,
-        help="a zoo model (cnn, vgg16, resnet18, resnet20, resnet34), torchvision:NAME, "
+        help="a zoo model (cnn, vgg16, resnet18, resnet20, resnet34; yolo_tiny for "
+        "detection), torchvision:NAME, "
         "timm:NAME or package.module:function (prepared with --act/--levels/--pool)",
     )
     t.add_argument(
         "--init",
         help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from",
     )
-    t.add_argument("--dataset", required=True, help="fashion-mnist, cifar10, cifar100, imagenet")
+    t.add_argument("--dataset", required=True,
+                   help="classification: fashion-mnist, cifar10, cifar100, imagenet; "
+                   "detection: fashion-scenes, voc, coco")  # fmt: skip
+    t.add_argument("--task", choices=["classification", "detection"],
+                   help="checked against --dataset (the dataset decides the task)")  # fmt: skip
     t.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -240,8 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .detection_data import DETECTION_DATASETS, is_detection_dataset
     from .training import TrainConfig, train
 
+    if args.task and (args.task == "detection") != is_detection_dataset(args.dataset):
+        raise ValueError(
+            f"--task {args.task} does not match --dataset {args.dataset!r}; detection datasets "
+            f"are {', '.join(DETECTION_DATASETS)}, every other dataset is classification"
+        )
     mapping = {
         "act": args.act, "levels": args.levels, "pool": args.pool, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
@@ -275,8 +286,10 @@ def _train(args: argparse.Namespace) -> int:
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
         return 0
     m = record.get("metrics", {})
+    key = "map50" if record.get("task") == "detection" else "acc"
     print(
-        f"done: {record.get('epoch')} epochs, val {m.get('val_acc')}, test {m.get('test_acc')} -> {cfg.out_dir}"
+        f"done: {record.get('epoch')} epochs, val {key} {m.get(f'val_{key}')}, "
+        f"test {key} {m.get(f'test_{key}')} -> {cfg.out_dir}"
     )
     return 0
 
@@ -320,6 +333,8 @@ def _eval(args: argparse.Namespace) -> int:
         steps = list(range(1, args.T_max + 1))
     else:
         steps = args.T or [1, 2, 4, 8, 16, 32]
+    if record.get("task") == "detection":
+        return _eval_detection(args, model, record, loaders, steps)
     progress = not args.no_progress and not (args.json or args.csv) and rt.is_primary
     test = ShardedLoader(loaders.test, rt.rank, rt.world_size) if rt.distributed else loaders.test
     ann_acc = ann_accuracy(model, test)
@@ -390,6 +405,52 @@ def _eval(args: argparse.Namespace) -> int:
         print(format_table([row], steps))
         if args.activity:
             print("\n" + format_cost_table([row], steps))
+        print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
+    return 0
+
+
+def _eval_detection(args: argparse.Namespace, model: Any, record: dict, loaders: Any,
+                    steps: list[int]) -> int:  # fmt: skip
+    """`ann2snn eval` on a detector: ANN and SNN mAP at every T, a table, JSON and a plot."""
+    from .detection import detector_spec
+    from .detection_eval import ann_map, evaluate_detection_snn
+    from .report import environment, format_table, write_report
+
+    unsupported = [f"--{n.replace('_', '-')}" for n in ("calibrate", "activity", "csv", "compile_neurons")
+                   if getattr(args, n)] + (["--dtype"] if args.dtype != "fp32" else [])  # fmt: skip
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not available for detection runs (yet)")
+    mk = record.get("model_kwargs", {})
+    options: dict[str, Any] = {}
+    if args.tau is not None or args.neuron == "gn":
+        options["tau"] = args.tau or mk.get("levels") or record.get("levels")
+    label = f"{mk.get('act', '?')}+{args.neuron}" + (f" (tau={options['tau']})" if options else "")
+    row = evaluate_detection_snn(model, loaders.test, args.neuron, steps, args.sleep, args.margin,
+                                 label=label, **options)  # fmt: skip
+    ann = ann_map(model, loaders.test, detector_spec(model))
+    row["ann_map50"], row["ann_map"] = ann["map50"], ann["map"]
+    report = {
+        "title": f"{record.get('model')} on {record.get('dataset')}: {label}",
+        "metric": "map50",
+        "checkpoint": str(args.checkpoint),
+        "record": {
+            k: record.get(k)
+            for k in ("model", "model_kwargs", "epoch", "metrics", "recipe", "task")
+        },  # fmt: skip
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "steps": steps,
+        "rows": [row],
+        "environment": environment(),
+    }
+    paths = write_report(
+        report, Path(args.out) if args.out else _run_folder(args.checkpoint), steps
+    )
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print("mAP@0.5 (%)\n" + format_table([row], steps, metric="map50"))
+        print("\nCOCO mAP@[.5:.95] (%)\n" + format_table([row], steps, metric="map"))
         print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
     return 0
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Loaders", "DatasetNotFoundError", "create_loaders", "list_datasets"]
-__all__ += ["find_fashion_mnist", "read_idx", "InMemoryLoader", "TorchLoader"]
+__all__ += ["find_fashion_mnist", "load_fashion_mnist", "read_idx", "InMemoryLoader", "TorchLoader"]
+__all__ += ["EpochLoader", "data_roots", "dataset_not_found"]
 
 # Where Debian's `dataset-fashion-mnist` package puts the four gzipped IDX files (a module
 # constant so tests can point it elsewhere).
@@ -77,15 +78,17 @@ class Loaders:
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by `create_loaders`."""
-    return sorted(_STATS)
+    """Names accepted by `create_loaders` (classification, then detection)."""
+    from .detection_data import DETECTION_DATASETS
+
+    return sorted(_STATS) + list(DETECTION_DATASETS)
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ann2snn"
 
 
-def _roots(data_dir: str | os.PathLike | None) -> list[Path]:
+def data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
     """Folders searched: ``data_dir`` alone when given (never another copy behind the
     user's back), else ``$ANN2SNN_DATA`` if set."""
     if data_dir is not None:
@@ -94,7 +97,7 @@ def _roots(data_dir: str | os.PathLike | None) -> list[Path]:
     return [Path(env).expanduser()] if env else []
 
 
-def _not_found(what: str, looked: list[str], how: str) -> DatasetNotFoundError:
+def dataset_not_found(what: str, looked: list[str], how: str) -> DatasetNotFoundError:
     places = "".join(f"\n  - {p}" for p in looked)
     return DatasetNotFoundError(f"{what} not found. Looked in:{places}\nTo get it: {how}")
 
@@ -131,13 +134,13 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
         for folder in candidates:
             if all(_idx_file(folder, b) for b in _IDX_NAMES):
                 return folder
-        raise _not_found(
+        raise dataset_not_found(
             "Fashion-MNIST",
             [str(c) for c in candidates],
             f"put {', '.join(_IDX_NAMES)} (each may be .gz) into --data-dir (data_dir=), or "
             "leave --data-dir out to use $ANN2SNN_DATA, the Debian package or a download.",
         )
-    candidates = [r / s for r in _roots(None) for s in subdirs]
+    candidates = [r / s for r in data_roots(None) for s in subdirs]
     for folder in [*candidates, DEBIAN_FASHION_MNIST_DIR, cache / "FashionMNIST" / "raw"]:
         if all(_idx_file(folder, b) for b in _IDX_NAMES):
             return folder
@@ -150,7 +153,7 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     except Exception as e:  # no network, proxy, full disk: report it with the rest
         why = " ".join(str(e).split())  # torchvision's message spans lines
         looked.append(f"torchvision download into {cache}: failed ({type(e).__name__}: {why})")
-    raise _not_found(
+    raise dataset_not_found(
         "Fashion-MNIST",
         looked,
         "on Debian/Ubuntu `apt-get install dataset-fashion-mnist`; or connect to the internet "
@@ -182,7 +185,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
 
 
-def _load_fashion_mnist(data_dir: str | os.PathLike | None) -> list[np.ndarray]:
+def load_fashion_mnist(data_dir: str | os.PathLike | None) -> list[np.ndarray]:
     """-> [train_x uint8 [N,1,28,28], train_y int64 [N], test_x, test_y]."""
     folder, out = find_fashion_mnist(data_dir), []
     for images, labels in (_IDX_NAMES[:2], _IDX_NAMES[2:]):
@@ -230,7 +233,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
 def _load_cifar(name: str, data_dir: str | os.PathLike | None, download: bool) -> list:
     """-> [train_x uint8 [N,3,32,32], train_y int64 [N], test_x, test_y]."""
     folder, train_files, test_files, label_key, _ = _CIFAR[name]
-    roots = _roots(data_dir) + ([_cache_dir()] if data_dir is None else [])
+    roots = data_roots(data_dir) + ([_cache_dir()] if data_dir is None else [])
     files = train_files + test_files
     found = [r / folder for r in roots if all((r / folder / f).is_file() for f in files)]
     looked = [str(r / folder) for r in roots]
@@ -242,11 +245,11 @@ def _load_cifar(name: str, data_dir: str | os.PathLike | None, download: bool) -
         try:  # torchvision downloads, checks the MD5 and extracts; we read the pickles below
             (CIFAR10 if name == "cifar10" else CIFAR100)(str(root), train=True, download=True)
         except Exception as e:
-            raise _not_found(name, looked, f"the download failed ({e}); pass {local}") from e
+            raise dataset_not_found(name, looked, f"the download failed ({e}); pass {local}") from e
         found = [root / folder]
     if not found:
         how = f"pass --download (download=True) with internet, or pass {local}."
-        raise _not_found(name, looked, how)
+        raise dataset_not_found(name, looked, how)
     out = []
     for files in (train_files, test_files):
         xs, ys = zip(*(_read_cifar_batch(found[0] / f, label_key) for f in files))
@@ -261,10 +264,10 @@ def _load_imagenet(data_dir: str | os.PathLike | None) -> tuple[Any, Any]:
     """ImageFolders over ``<root>/train`` and ``<root>/val`` (val numbered like train)."""
     from torchvision.datasets import ImageFolder
 
-    candidates = [r / s for r in _roots(data_dir) for s in ("", "imagenet")]
+    candidates = [r / s for r in data_roots(data_dir) for s in ("", "imagenet")]
     root = next((c for c in candidates if (c / "train").is_dir() and (c / "val").is_dir()), None)
     if root is None:
-        raise _not_found(
+        raise dataset_not_found(
             "ImageNet (folders train/ and val/)",
             [str(c) for c in candidates] or ["nowhere: no data_dir given, $ANN2SNN_DATA unset"],
             "it cannot be downloaded automatically; get ILSVRC2012 from image-net.org, sort "
@@ -341,7 +344,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
 
 
-class _EpochLoader:
+class EpochLoader:
     """What both loaders share: ``len``, ``dataset_size``, ``set_epoch``; ``iter`` runs the
     current epoch and moves to the next."""
 
@@ -367,7 +370,7 @@ class _EpochLoader:
         raise NotImplementedError
 
 
-class InMemoryLoader(_EpochLoader):
+class InMemoryLoader(EpochLoader):
     """Batches from a whole split held as uint8 [N,C,H,W] on ``device``; uint8 takes 4x less
     memory than float, so batches are normalised as they are cut. ``pad > 0`` turns on
     random crop (that padding) and horizontal flip; ``cutout > 0`` one hole of that size.
@@ -445,7 +448,7 @@ class _PILDataset(torch.utils.data.Dataset):
             return self.transform(img), int(label)
 
 
-class TorchLoader(_EpochLoader):
+class TorchLoader(EpochLoader):
     """A torch `DataLoader` over PIL transforms, with `InMemoryLoader`'s interface."""
 
     def __init__(
@@ -511,6 +514,18 @@ def create_loaders(
     augmentation off); ImageNet always uses a `DataLoader`. Batches arrive on ``device``
     (default: cuda if available); the last partial batch is kept in every split.
     """
+    from .detection_data import create_detection_loaders, is_detection_dataset
+
+    if is_detection_dataset(name):  # fashion-scenes, voc, coco: boxes instead of labels
+        if autoaugment or cutout:
+            raise ValueError(
+                f"autoaugment={autoaugment}, cutout={cutout}: classification augmentations; "
+                f"the detection dataset {name!r} flips images (and boxes) only"
+            )
+        return create_detection_loaders(
+            name, data_dir, batch_size, val_fraction, seed, num_workers, device, augment,
+            eval_batch_size, limit_train, limit_test,
+        )  # fmt: skip
     key = _ALIASES.get(k := name.lower().replace("_", "-"), k)
     if key not in _STATS:
         raise ValueError(f"unknown dataset {name!r}; choose from {list_datasets()}")
@@ -528,7 +543,7 @@ def create_loaders(
         channels, size = 3, 224
     else:
         if key == "fashion-mnist":
-            arrays, classes = _load_fashion_mnist(data_dir), 10
+            arrays, classes = load_fashion_mnist(data_dir), 10
         else:
             arrays, classes = _load_cifar(key, data_dir, download), _CIFAR[key][4]
         train_src, test_src = tuple(arrays[:2]), tuple(arrays[2:])  # (x [N,C,H,W], y [N])
@@ -541,7 +556,7 @@ def create_loaders(
     val_idx = perm[:n_val][:limit_test].sort().values
     test_idx = torch.arange(n_test)[:limit_test]
 
-    def make(src: Any, idx: Tensor, train: bool) -> _EpochLoader:
+    def make(src: Any, idx: Tensor, train: bool) -> EpochLoader:
         bs, aug = (batch_size, augment) if train else (eval_batch_size or batch_size, False)
         kw: dict[str, Any] = dict(shuffle=train, seed=seed, device=device)
         if fast:

@@ -165,8 +165,11 @@ def source_revision() -> dict[str, Any] | None:
     return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
 
 
-def format_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:
-    """Markdown table: one row per method; ANN accuracy and SNN accuracy at each T (%).
+def format_table(
+    rows: Sequence[dict[str, Any]], steps: Sequence[int], metric: str = "accuracy"
+) -> str:
+    """Markdown table: one row per method; ANN accuracy and SNN accuracy at each T (%);
+    ``metric="map50"`` (or "map") for a detector's rows (``map50_by_wake``, ``ann_map50``).
 
     A row with sleep steps also gets the total steps (wake + sleep) in its label, so
     latency is never quoted without the sleep steps.
@@ -179,8 +182,8 @@ def format_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:
             label += f" (T wake + {r['sleep']} sleep)"
         elif r.get("sleep"):
             label += f" (+{r['sleep']} sleep per {r.get('margin') or r['T']} wake)"
-        cells = [label, _pct(r.get("ann_accuracy"))]
-        acc = r["accuracy_by_wake"]
+        cells = [label, _pct(r.get(f"ann_{metric}"))]
+        acc = r[f"{metric}_by_wake"]
         cells += [_pct(acc.get(str(t))) for t in steps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -267,8 +270,17 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
-def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Accuracy against wake steps (and against total steps for sleep schedules)."""
+_YLABELS = {"accuracy": "test accuracy (%)", "map50": "test mAP@0.5 (%)", "map": "test mAP@[.5:.95] (%)"}  # fmt: skip
+
+
+def plot_accuracy(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    metric: str = "accuracy",
+) -> Path:
+    """Accuracy (or a detector's ``metric``, e.g. "map50") against wake steps, and against
+    total steps for sleep schedules simulated in one run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,15 +288,16 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows:
-        steps = sorted(int(k) for k in r["accuracy_by_wake"])
+        by_wake = r[f"{metric}_by_wake"]
+        steps = sorted(int(k) for k in by_wake)
         line = ax.plot(
             steps,
-            [100 * r["accuracy_by_wake"][str(s)] for s in steps],
+            [100 * by_wake[str(s)] for s in steps],
             marker="o",
             ms=3,
             label=r["label"],
         )
-        if r.get("sleep"):
+        if r.get("sleep") and "total_steps" in r and metric == "accuracy":
             ax.plot(
                 r["total_steps"],
                 [100 * a for a in r["accuracy"]],
@@ -292,11 +305,11 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title
                 color=line[0].get_color(),
                 label=f"{r['label']} vs total steps",
             )
-        if r.get("ann_accuracy") is not None:
-            ax.axhline(100 * r["ann_accuracy"], ls="--", lw=0.8, color=line[0].get_color())
+        if r.get(f"ann_{metric}") is not None:
+            ax.axhline(100 * r[f"ann_{metric}"], ls="--", lw=0.8, color=line[0].get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("time steps (wake; dotted: wake + sleep)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(_YLABELS.get(metric, metric))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -329,12 +342,14 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
 def write_report(
     report: dict[str, Any], out_dir: str | os.PathLike, steps: Sequence[int]
 ) -> dict[str, Path]:
-    """``report.json`` and ``accuracy_vs_T.png`` in ``out_dir`` (and the cost plots
-    when rows carry activity); returns their paths."""
+    """``report.json`` and ``accuracy_vs_T.png`` in ``out_dir`` (``map50_vs_T.png`` for a
+    detector's report, whose ``metric`` is "map50"; and the cost plots when rows carry
+    activity); returns their paths."""
     out_dir = Path(out_dir)
     json_path = write_json(report, out_dir / "report.json")
+    metric = report.get("metric", "accuracy")
     png = plot_accuracy(
-        report["rows"], out_dir / "accuracy_vs_T.png", title=report.get("title", "")
+        report["rows"], out_dir / f"{metric}_vs_T.png", title=report.get("title", ""), metric=metric
     )
     paths = {"json": json_path, "plot": png}
     if any("energy_ratio_by_wake" in r for r in report["rows"]):

@@ -154,10 +154,13 @@ def train_one_epoch(
     channels_last: bool = False,
     progress: ProgressBar | None = None,
     runtime: Runtime | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Scores:
     """One pass of SGD over ``loader``; returns the running (train-mode) accuracy and loss.
 
     ``amp_dtype`` (e.g. torch.bfloat16) turns on autocast; the loss is computed in fp32.
+    ``loss_fn(output, y)`` replaces the cross-entropy (a detector's loss); the accuracy is
+    then NaN.
     With a distributed ``runtime`` the scores are summed over all ranks.
     Raises FloatingPointError if the loss became NaN/inf (learning rate too high).
     """
@@ -178,13 +181,17 @@ def train_one_epoch(
         x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)  # (B, num_classes)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        if loss_fn is None:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        else:
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n = y.shape[0]
         loss_sum += loss.detach() * n
-        correct += (logits.argmax(1) == y).sum()
+        if loss_fn is None:
+            correct += (logits.argmax(1) == y).sum()
         seen += n
         if progress is not None:
             progress.update(1, stats=stats)
@@ -195,9 +202,8 @@ def train_one_epoch(
             f"training loss is {mean_loss}; lower lr (or use warmup_epochs) and resume from "
             "the last checkpoint"
         )
-    return Scores(
-        100.0 * correct.item() / max(seen, 1) if seen else math.nan, mean_loss if seen else math.nan
-    )
+    acc = 100.0 * correct.item() / max(seen, 1) if seen and loss_fn is None else math.nan
+    return Scores(acc, mean_loss if seen else math.nan)
 
 
 def _over_ranks(
@@ -604,6 +610,7 @@ def _train(
         _shard(d, rt) for d in (loaders.train, loaders.val, loaders.test)
     )
     source, model_kwargs, prepare_args = _source_model(config, model, loaders)
+    task = _task(config, source, loaders)
     prepared = prepare_args is not None or (model is None and is_external(config.model))
     init = _initialise(source, config, loaders, log, prepared) if saved is None else None
     setup = prepare_training(source, config, rt)
@@ -636,6 +643,8 @@ def _train(
             "extra": {},
             "seed": config.seed,
         }
+        if task.detection:
+            record["task"] = "detection"
         start = 0
     record["runtime"] = setup.runtime()
     on_epoch_end = _hook(hooks, "on_epoch_end")
@@ -661,26 +670,26 @@ def _train(
                 loader.set_epoch(epoch)  # resumed runs replay the same shuffles/augmentations
         desc = f"epoch {epoch + 1}/{config.epochs}"
         bar = ProgressBar(_len(train_data), desc, enabled=log is not None)
-        train_scores = setup.epoch(train_data, label_smoothing=config.label_smoothing, progress=bar)
-        kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last, runtime=rt)
-        val = evaluate(step_model, val_data, device, **kw) if val_data is not None else None
-        test = evaluate(step_model, test_data, device, **kw)
+        train_scores = setup.epoch(train_data, label_smoothing=config.label_smoothing, progress=bar,
+                                   loss_fn=task.loss)  # fmt: skip
+        kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last)
+        val = task.scores(step_model, val_data, device, rt, **kw) if val_data is not None else {}
+        test = task.scores(step_model, test_data, device, rt, **kw)
         scheduler.step()
 
-        val_acc = _finite_or_none(val.acc) if val is not None else None
         entry = {
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_scores.loss,
-            "train_acc": train_scores.acc,
-            "val_acc": val_acc,
-            "val_loss": _finite_or_none(val.loss) if val is not None else None,
-            "test_acc": _finite_or_none(test.acc),
-            "test_loss": _finite_or_none(test.loss),
+            "train_acc": _finite_or_none(train_scores.acc),
         }
+        for split, scores in (("val", val), ("test", test)):
+            entry.update({f"{split}_{k}": _finite_or_none(v) for k, v in scores.items()})
+        main = task.metric  # "acc", or "map50" for a detector
+        val_acc = entry.get(f"val_{main}")
         metrics = record["metrics"]
         metrics["history"].append(entry)
-        metrics.update({k: entry[k] for k in ("train_loss", "train_acc", "val_acc", "test_acc")})
+        metrics.update({k: entry.get(k) for k in ("train_loss", "train_acc", f"val_{main}", f"test_{main}")})  # fmt: skip
         record["epoch"] = epoch + 1
 
         # The hook (e.g. NQ's σ calibration) runs before this epoch's checkpoint so that
@@ -729,10 +738,53 @@ def _train(
             )
         bar.close(
             f"{desc}  lr {lr:.4g}  train loss {train_scores.loss:.4f} acc {train_scores.acc:.2f}%"
-            f"  val {_pct(val_acc)}  test {_pct(entry['test_acc'])}  {entry['time_s']:.1f}s"
+            f"  val {_pct(val_acc)}  test {_pct(entry[f'test_{main}'])}  {entry['time_s']:.1f}s"
             + ("  *" if improved else "")
         )
     return record
+
+
+class _Task(NamedTuple):
+    """What a run optimises and reports: classification (cross-entropy, top-1 %) or
+    detection (`ann2snn.detection.yolo_loss`, mAP@0.5 % and COCO mAP %)."""
+
+    detection: bool
+    loss: Callable[[Tensor, Tensor], Tensor] | None
+    spec: Any
+
+    @property
+    def metric(self) -> str:
+        return "map50" if self.detection else "acc"
+
+    def scores(self, model: nn.Module, data: Any, device: torch.device, rt: Runtime,
+               **kw: Any) -> dict[str, float]:  # fmt: skip
+        if not self.detection:
+            s = evaluate(model, data, device, runtime=rt, **kw)
+            return {"acc": s.acc, "loss": s.loss}
+        from .detection_eval import evaluate_detector
+
+        map50, map_, loss = evaluate_detector(model, data, self.spec, device, **kw)
+        return {"map50": map50, "map": map_, "loss": loss}
+
+
+def _task(config: TrainConfig, model: nn.Module, loaders: Any) -> _Task:
+    """The run's task, from its dataset; a detection run needs a detector and a method
+    whose training does not measure classification accuracy."""
+    from .detection_data import is_detection_dataset
+
+    if not is_detection_dataset(loaders.name):
+        return _Task(False, None, None)
+    from .detection import detector_spec, yolo_loss
+
+    spec = detector_spec(model)
+    if config.act == "nq":
+        raise ValueError(
+            "act='nq' cannot train a detector: NQ's σ calibration selects epochs by the SNN's "
+            "classification accuracy; use qcfs, clipq or relu for detection"
+        )
+    if config.label_smoothing:
+        raise ValueError(f"label_smoothing={config.label_smoothing} is a classification setting; use 0 for detection")  # fmt: skip
+    return _Task(True, lambda out, y: yolo_loss(out, y, spec), spec)
 
 
 def _shard(loader: Any, rt: Runtime) -> Any:

@@ -1,4 +1,4 @@
-"""Model zoo: VGG-16, ResNet-18/20/34 and a small CNN, built by name.
+"""Model zoo: VGG-16, ResNet-18/20/34, a small CNN and a tiny YOLO detector, built by name.
 
 >>> from ann2snn.models import create_model
 >>> model = create_model("resnet20", num_classes=10, act="qcfs", levels=4)
@@ -14,6 +14,7 @@ from ._registry import create_model, list_models, register_model
 from .cnn import SmallCNN, cnn
 from .resnet import BasicBlock, ResNet, resnet18, resnet20, resnet34
 from .vgg import VGG, vgg16
+from .yolo import TinyYOLO, yolo_tiny
 
 __all__ = [
     "create_model",
@@ -28,4 +29,6 @@ __all__ = [
     "resnet20",
     "resnet34",
     "cnn",
+    "TinyYOLO",
+    "yolo_tiny",
 ]

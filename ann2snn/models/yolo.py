@@ -1,0 +1,103 @@
+"""A small single-scale YOLO-style detector (our design, after YOLOv2-tiny).
+
+Backbone of 3×3 conv + BatchNorm + activation blocks, doubling the width after each 2×2
+pool (16, 32, 64, ...), one more 3×3 block at the last width, then a 1×1 conv head with
+bias and no activation: ``[B, A·(5+C), S, S]`` (`ann2snn.detection`). The CASC paper
+converts single-scale (stride 32) YOLO detectors; here the stride follows the input:
+3 pools (stride 8, an 8×8 grid) for the 64 px Fashion-MNIST scenes, 5 (stride 32) for
+inputs above 128 px (VOC/COCO at 416 px: a 13×13 grid, as YOLOv2).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ann2snn.detection import YoloSpec
+
+from ._blocks import ActFactory, activation_factory, init_weights, make_pool
+from ._registry import register_model
+
+__all__ = ["TinyYOLO", "yolo_tiny", "DEFAULT_ANCHORS"]
+
+#: Anchors as fractions of the input side. 64 px scenes: k-means (1 − IoU) on the boxes of
+#: the generated Fashion-MNIST training scenes (`detection.kmeans_anchors`, 3 clusters);
+#: larger inputs: YOLOv2's VOC anchors (in 13-cell units) divided by 13.
+DEFAULT_ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {
+    "small": ((0.31, 0.31), (0.31, 0.5), (0.5, 0.56)),
+    "large": ((0.102, 0.133), (0.249, 0.380), (0.402, 0.716), (0.608, 0.345), (0.830, 0.794)),
+}
+
+
+class TinyYOLO(nn.Module):
+    """conv-BN-act blocks with ``pools`` 2×2 pools, an extra block, a 1×1 head.
+
+    Args:
+        make_act: zero-argument factory, one activation per site (pools + 2 sites).
+        num_classes: object classes (no background class: objectness is separate).
+        in_channels: input channels.
+        pool: "avg" or "max".
+        image_size: input side (square).
+        pools: number of 2×2 pools (grid stride 2**pools).
+        anchors: (w, h) in pixels; default `DEFAULT_ANCHORS` scaled by the input side.
+    """
+
+    def __init__(
+        self,
+        make_act: ActFactory,
+        num_classes: int,
+        in_channels: int = 3,
+        pool: str = "avg",
+        image_size: int = 64,
+        pools: int | None = None,
+        anchors: tuple[tuple[float, float], ...] | None = None,
+    ):
+        super().__init__()
+        pools = pools if pools is not None else (3 if image_size <= 128 else 5)
+        if anchors is None:
+            fractions = DEFAULT_ANCHORS["small" if image_size <= 128 else "large"]
+            anchors = tuple((round(w * image_size, 2), round(h * image_size, 2)) for w, h in fractions)  # fmt: skip
+        self.yolo_spec = YoloSpec(num_classes, 2**pools, tuple(tuple(a) for a in anchors))
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(pools + 1):
+            c_out = 16 * 2**i
+            # (N, c_in, H/2^i, W/2^i) -> (N, c_out, H/2^i, W/2^i)
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), make_act()]  # fmt: skip
+            if i < pools:
+                layers.append(make_pool(pool))
+            c_in = c_out
+        layers += [nn.Conv2d(c_in, c_in, 3, padding=1, bias=False), nn.BatchNorm2d(c_in), make_act()]  # fmt: skip
+        self.features = nn.Sequential(*layers)
+        # (N, C, S, S) -> (N, A·(5+C), S, S): raw head, decoded outside the network.
+        self.head = nn.Conv2d(c_in, self.yolo_spec.channels, 1)
+        init_weights(self)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@register_model
+def yolo_tiny(
+    num_classes: int = 20,
+    in_channels: int = 3,
+    act: str = "qcfs",
+    levels: int = 4,
+    pool: str = "avg",
+    image_size: int = 64,
+    pools: int | None = None,
+    anchors: tuple[tuple[float, float], ...] | None = None,
+    **act_kwargs,
+) -> TinyYOLO:
+    """Single-scale YOLO-style detector (`TinyYOLO`); train it on a detection dataset
+    (``fashion-scenes``, ``voc``, ``coco``)."""
+    return TinyYOLO(
+        activation_factory(act, levels, **act_kwargs),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        pool=pool,
+        image_size=image_size,
+        pools=pools,
+        anchors=anchors,
+    )
