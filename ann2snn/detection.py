@@ -217,14 +217,21 @@ def targets_to_list(y: Tensor) -> list[dict[str, Tensor]]:
 def kmeans_anchors(wh: Tensor, k: int, iters: int = 50, seed: int = 0) -> list[tuple[float, float]]:
     """k anchors (w, h) from box sizes ``wh [N, 2]`` by k-means with 1 − IoU as distance
     (YOLOv2's recipe), sorted by area."""
-    g = torch.Generator().manual_seed(seed)
-    centres = wh[torch.randperm(len(wh), generator=g)[:k]].clone()
-    for _ in range(iters):
+
+    def iou(centres: Tensor) -> Tensor:  # [N, k] IoU of centred boxes
         inter = torch.minimum(wh[:, None, 0], centres[:, 0]) * torch.minimum(
             wh[:, None, 1], centres[:, 1]
         )
-        iou = inter / (wh[:, None].prod(-1) + centres.prod(-1) - inter)
-        nearest = iou.argmax(1)
+        return inter / (wh[:, None].prod(-1) + centres.prod(-1) - inter)
+
+    # Farthest-point start (a random box, then each time the box least like any centre):
+    # random starts can pick one shape twice and leave a cluster empty for good.
+    g = torch.Generator().manual_seed(seed)
+    centres = wh[torch.randint(len(wh), (1,), generator=g)].clone()
+    while len(centres) < k:
+        centres = torch.cat([centres, wh[iou(centres).max(1).values.argmin()][None]])
+    for _ in range(iters):
+        nearest = iou(centres).argmax(1)
         for j in range(k):
             if (nearest == j).any():
                 centres[j] = wh[nearest == j].median(0).values

@@ -22,6 +22,8 @@ augmented; it selects the epoch and calibrates, the test split only reports.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -93,17 +95,35 @@ def _flip(y: Tensor, width: int) -> Tensor:
 
 
 class SceneLoader(EpochLoader):
-    """Batches of in-memory scenes (uint8 ``[N, C, S, S]``, targets ``[N, M, 5]``) on
-    ``device``; ``flip`` mirrors half the images of every epoch (seeded by epoch)."""
+    """Batches of Fashion-MNIST scenes on ``device``, composed (`make_scenes`) from
+    ``items``/``labels`` on first use, so a split nobody reads costs nothing; ``flip``
+    mirrors half the images of every epoch (seeded by epoch)."""
 
-    def __init__(self, images: Tensor, targets: Tensor, stats: tuple, batch_size: int, *,
-                 shuffle: bool = False, flip: bool = False, seed: int = 0,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(self, items: np.ndarray, labels: np.ndarray, n: int, scene_seed: int,
+                 size: int, stats: tuple, batch_size: int, *, shuffle: bool = False,
+                 flip: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> None:  # fmt: skip
         self.device = torch.device(device)
-        self.images, self.targets = images.to(self.device), targets.to(self.device)
+        self._source, self._made = (items, labels, n, scene_seed, size), None
         self.mean, self.std = (torch.tensor(s, device=self.device).view(1, -1, 1, 1) for s in stats)
         self.batch_size, self.shuffle, self.flip, self.seed = batch_size, shuffle, flip, seed
-        self.indices = torch.arange(len(images))
+        self.indices = torch.arange(n)
+
+    def _scenes(self) -> tuple[Tensor, Tensor]:
+        if self._made is None:
+            items, labels, n, scene_seed, size = self._source
+            images, targets = make_scenes(items, labels, n, seed=scene_seed, size=size)
+            self._made = (images.to(self.device), targets.to(self.device))
+        return self._made
+
+    @property
+    def images(self) -> Tensor:
+        """uint8 ``[N, 1, S, S]``."""
+        return self._scenes()[0]
+
+    @property
+    def targets(self) -> Tensor:
+        """float32 ``[N, M, 5]`` (class, x1, y1, x2, y2), class −1 for padding."""
+        return self._scenes()[1]
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         n, width = len(self.images), self.images.shape[-1]
@@ -243,7 +263,8 @@ def _load_coco(data_dir: str | os.PathLike | None) -> tuple[list, list, int]:
         )
     parts, ids = [], None
     for split in ("train2017", "val2017"):
-        ds = CocoDetection(str(root / split), str(root / f"annotations/instances_{split}.json"))
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            ds = CocoDetection(str(root / split), str(root / f"annotations/instances_{split}.json"))
         cats = sorted(ds.coco.getCatIds())
         ids = ids or {c: i for i, c in enumerate(cats)}
         if set(cats) != set(ids):
@@ -296,10 +317,10 @@ def create_detection_loaders(
             limit = limit_train if split == "train" else limit_test
             n = min(_SCENE_COUNTS[split], limit or _SCENE_COUNTS[split])
             src_x, src_y = (test_x, test_y) if split == "test" else (train_x, train_y)
-            images, targets = make_scenes(src_x[idx], src_y[idx], n, seed=seed * 10 + i, size=size)
             train = split == "train"
-            out[split] = SceneLoader(images, targets, _SCENE_STATS, batch_size if train else ebs,
-                                     shuffle=train, flip=train and augment, seed=seed, device=device)  # fmt: skip
+            out[split] = SceneLoader(src_x[idx], src_y[idx], n, seed * 10 + i, size, _SCENE_STATS,
+                                     batch_size if train else ebs, shuffle=train,
+                                     flip=train and augment, seed=seed, device=device)  # fmt: skip
         return Loaders(out["train"], out["val"], out["test"], 10, 1, size, key, *_SCENE_STATS)
     size = image_size or 416
     if key == "voc":

@@ -399,4 +399,5 @@ def test_missing_imagenet_and_unknown_name(tmp_path):
     assert str(tmp_path / "nothing" / "imagenet") in str(info.value)
     with pytest.raises(ValueError, match="unknown dataset"):
         create_loaders("mnist", tmp_path)
-    assert data.list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "imagenet"]
+    assert data.list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "imagenet",
+                                   "fashion-scenes", "voc", "coco"]  # fmt: skip

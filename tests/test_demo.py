@@ -114,8 +114,14 @@ def test_casc_row_counts_sleep_steps(demo):
 
 
 def test_demo_config_validates():
-    with pytest.raises(ValueError, match="unknown demo method"):
+    with pytest.raises(ValueError, match="unknown classification demo method"):
         DemoConfig(methods=("qcfs", "snn"))
+    with pytest.raises(ValueError, match=r"unknown detection demo method\(s\) \['nq'\]"):
+        DemoConfig(task="detection", methods=("qcfs", "nq"))
+    assert DemoConfig(task="detection").methods == ("qcfs", "gn", "casc")
+    assert DemoConfig().methods == ("qcfs", "gn", "nq", "casc")
+    with pytest.raises(ValueError, match="task must be"):
+        DemoConfig(task="segmentation")
     with pytest.raises(ValueError, match="T and epochs must be >= 1"):
         DemoConfig(T=0)
 
