@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo test test-all integrations lint format clean
+.PHONY: venv data demo demo-detection test test-all integrations lint format clean
 
 # The environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ data:
 
 demo: venv data
 	$(BIN)/ann2snn demo
+
+# Spiking object detection end to end (yolo_tiny on Fashion-MNIST scenes, mAP per T).
+demo-detection: venv data
+	$(BIN)/ann2snn demo --task detection
 
 test: venv
 	$(BIN)/python -m pytest -q

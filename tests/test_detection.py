@@ -131,9 +131,9 @@ def test_classifier_is_refused_by_name():
 # --- the SNN's regression readout ----------------------------------------------------------
 
 
-def _detector(act: str, levels: int, seed: int = 0) -> torch.nn.Module:
+def _detector(act: str, levels: int, seed: int = 0, pool: str = "avg") -> torch.nn.Module:
     torch.manual_seed(seed)
-    m = create_model("yolo_tiny", num_classes=3, in_channels=1, image_size=32, act=act, levels=levels)  # fmt: skip
+    m = create_model("yolo_tiny", num_classes=3, in_channels=1, image_size=32, act=act, levels=levels, pool=pool)  # fmt: skip
     g = torch.Generator().manual_seed(seed + 1)
     for mod in m.modules():  # non-trivial BN statistics and a head with real outputs
         if isinstance(mod, torch.nn.BatchNorm2d):
@@ -164,9 +164,11 @@ def test_gn_readout_equals_ann_head_at_t1():
     assert (run(convert(model, "if"), x, T=1) - ann).abs().max() > 1e-2
 
 
-def test_cif_readout_equals_ann_head_at_t_equal_q_with_sleep():
-    """CASC: clip-quant ANN, consistent IF, T = Q wake steps + enough sleep → the ANN's head."""
-    model = _detector("clipq", 4)
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_cif_readout_equals_ann_head_at_t_equal_q_with_sleep(pool):
+    """CASC: clip-quant ANN, consistent IF, T = Q wake steps + enough sleep → the ANN's head
+    (max pooling through CASC's lateral-inhibition pools)."""
+    model = _detector("clipq", 4, pool=pool)
     x, _ = _scenes()
     ann = model(x)
     snn = convert(model, "cif")
