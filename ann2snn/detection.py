@@ -15,7 +15,6 @@ are plain tensors like classification labels (device moves, sharding, resume all
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +30,8 @@ __all__ = [
     "yolo_loss",
     "decode",
     "targets_to_list",
+    "kmeans_anchors",
+    "Assignment",
 ]
 
 
@@ -237,8 +238,3 @@ def kmeans_anchors(wh: Tensor, k: int, iters: int = 50, seed: int = 0) -> list[t
                 centres[j] = wh[nearest == j].median(0).values
     order = centres.prod(1).argsort()
     return [(round(float(w), 1), round(float(h), 1)) for w, h in centres[order]]
-
-
-def grid_size(image_size: int, stride: int) -> int:
-    """Cells per side for a square input (ceil-mode pools)."""
-    return math.ceil(image_size / stride)

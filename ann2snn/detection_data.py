@@ -47,6 +47,7 @@ __all__ = [
     "is_detection_dataset",
     "create_detection_loaders",
     "SceneLoader",
+    "PhotoLoader",
     "pad_targets",
 ]
 
