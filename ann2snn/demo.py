@@ -216,22 +216,18 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps)
     cost_table = format_cost_table(rows, steps) if cfg.activity else None
-    report = {
-        "title": "ann2snn demo: Fashion-MNIST, small CNN",
-        "dataset": "fashion-mnist",
-        "model": "cnn",
-        "settings": {k: v for k, v in cfg.__dict__.items()},
-        "steps": steps,
-        "rows": rows,
-        "timings": timings,
-        "environment": environment(),
-        "table": table,
-        "cost_table": cost_table,
-    }
+    head = {"title": "ann2snn demo: Fashion-MNIST, small CNN", "dataset": "fashion-mnist", "model": "cnn"}  # fmt: skip
+    text = table + ("\n\n" + cost_table if cost_table else "")
+    return _finish(cfg, head, steps, rows, timings, text, table=table, cost_table=cost_table)
+
+
+def _finish(cfg: DemoConfig, head: dict[str, Any], steps: list[int], rows: list[dict[str, Any]],
+            timings: dict[str, float], text: str, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """Write the demo's report.json and plot, print ``text`` and where they went."""
+    report = {**head, "settings": {k: v for k, v in cfg.__dict__.items()}, "steps": steps,
+              "rows": rows, "timings": timings, "environment": environment(), **extra}  # fmt: skip
     paths = write_report(report, cfg.out_dir, steps)
-    print(table)
-    if cost_table:
-        print("\n" + cost_table)
+    print(text)
     print(
         f"\nreport: {paths['json']}\nplot:   {paths['plot']}\nwall time: {timings['total_s']:.1f} s"
     )
@@ -273,21 +269,6 @@ def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
             rows.append(row)
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps, metric="map50")
-    report = {
-        "title": "ann2snn detection demo: Fashion-MNIST scenes, yolo_tiny (mAP@0.5)",
-        "metric": "map50",
-        "dataset": "fashion-scenes",
-        "model": "yolo_tiny",
-        "settings": {k: v for k, v in cfg.__dict__.items()},
-        "steps": steps,
-        "rows": rows,
-        "timings": timings,
-        "environment": environment(),
-        "table": table,
-    }
-    paths = write_report(report, cfg.out_dir, steps)
-    print("mAP@0.5 (%) on the test scenes\n" + table)
-    print(
-        f"\nreport: {paths['json']}\nplot:   {paths['plot']}\nwall time: {timings['total_s']:.1f} s"
-    )
-    return report
+    head = {"title": "ann2snn detection demo: Fashion-MNIST scenes, yolo_tiny (mAP@0.5)",
+            "metric": "map50", "dataset": "fashion-scenes", "model": "yolo_tiny"}  # fmt: skip
+    return _finish(cfg, head, steps, rows, timings, "mAP@0.5 (%) on the test scenes\n" + table, table=table)  # fmt: skip
