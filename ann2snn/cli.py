@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="default runs/demo (runs/demo-detection)")
     d.add_argument("--data-dir")
     d.add_argument("--epochs", type=POS, help="default 3 (detection 4)")
-    d.add_argument("--T", type=POS, default=16, help="largest T (default 16)")
+    d.add_argument("--T", type=POS, help="largest T (default 16; detection 8)")
     d.add_argument("--sleep", type=NONNEG, default=8, help="CASC sleep steps (default 8)")
     d.add_argument("--methods", help="default qcfs,gn,nq,casc (detection: qcfs,gn,casc)")
     d.add_argument("--device", default="auto")
@@ -517,13 +517,13 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
     det = args.task == "detection"
-    # Detection: 4,000 training scenes, 4 epochs at lr 0.01 (a few minutes on 2 CPU cores).
-    defaults = dict(epochs=4, limit_train=4000, limit_test=500, out="runs/demo-detection", lr=0.01,
-                    batch_size=64, activity=False) if det else dict(epochs=3, out="runs/demo")  # fmt: skip
+    # Detection: 6,000 training scenes, 3 epochs of batch 32 at lr 0.01, T up to 8.
+    defaults = dict(epochs=3, limit_train=6000, limit_test=500, out="runs/demo-detection", lr=0.01,
+                    batch_size=32, activity=False, T=8) if det else dict(epochs=3, out="runs/demo", T=16)  # fmt: skip
     methods = tuple(m.strip() for m in (args.methods or "").split(",") if m.strip()) or None
     cfg = DemoConfig(
         out_dir=args.out or defaults["out"], data_dir=args.data_dir, epochs=args.epochs or defaults["epochs"],
-        T=args.T, casc_sleep=args.sleep, methods=methods, device=args.device, task=args.task,
+        T=args.T or defaults["T"], casc_sleep=args.sleep, methods=methods, device=args.device, task=args.task,
         limit_train=args.limit_train or defaults.get("limit_train"),
         limit_test=args.limit_test or defaults.get("limit_test"), progress=not args.no_progress,
         activity=not args.no_activity and defaults.get("activity", True),
