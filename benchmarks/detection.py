@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace, act: str, levels: int) -> tuple[Any, dict]:
     return ann2snn.load(cfg.out_dir, map_location=args.device), record
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmAP@0.5 (%)\n" + format_table(rows, args.T, metric="map50"))
     print("\nCOCO mAP@[.5:.95] (%)\n" + format_table(rows, args.T, metric="map"))
     print(f"\n-> {args.out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -249,3 +249,19 @@ def test_ablation_and_calibration_tiny(fmnist, tmp_path):
     rows = json.loads(nir_out.read_text())["rows"]
     assert rows["ann2snn"] == rows["NIR round trip (ann2snn metadata)"]
     assert set(readers["external"]) == {"snntorch", "sinabs"} and readers["reader_losses"]
+
+
+def test_detection_tiny(fmnist, tmp_path):
+    pytest.importorskip("torchmetrics")
+    out = tmp_path / "det.json"
+    result = _main("detection.py")(["--epochs", "1", "--limit-train", "16", "--limit-test", "8",
+                                    "--T", "1,2", "--casc-sleep", "2", "--data-dir", str(fmnist),
+                                    "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+                                    "--no-progress"])  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert [r["label"] for r in saved["rows"]] == ["QCFS+IF", "QCFS+GN (τ=4)", "CASC (CIF, Q=8, sleep 2)"]  # fmt: skip
+    for r in saved["rows"]:
+        assert set(r["map50_by_wake"]) == {"1", "2"} and 0 <= r["ann_map50"] <= 1
+        assert r["epochs"] == 1 and r["images"] == 8
+    assert saved["rows"][2]["total_steps_by_wake"] == {"1": 3, "2": 4}
+    assert saved["test_images"] == 8 and result["rows"] == saved["rows"]
