@@ -737,8 +737,9 @@ def _train(
                 },
             )
         bar.close(
-            f"{desc}  lr {lr:.4g}  train loss {train_scores.loss:.4f} acc {train_scores.acc:.2f}%"
-            f"  val {_pct(val_acc)}  test {_pct(entry[f'test_{main}'])}  {entry['time_s']:.1f}s"
+            f"{desc}  lr {lr:.4g}  train loss {train_scores.loss:.4f}"
+            + (f" acc {train_scores.acc:.2f}%" if not task.detection else "")
+            + f"  val {main} {_pct(val_acc)}  test {_pct(entry[f'test_{main}'])}  {entry['time_s']:.1f}s"
             + ("  *" if improved else "")
         )
     return record
