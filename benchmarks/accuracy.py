@@ -161,15 +161,17 @@ def _nq_hook(max_batches: int | None, augment: bool = False):
     return on_epoch_end
 
 
-def sleep_search(model, test, levels: int, grid: list[int], ann_acc: float, progress: bool):
+def sleep_search(model, data, levels: int, grid: list[int], ann_acc: float, progress: bool):
     """Smallest S in ``grid`` from which on (that S and every larger one in the grid) the
-    CIF SNN's test accuracy at T = Q equals the ANN's: the sleep that makes it loss-free.
+    CIF SNN's accuracy at T = Q on ``data`` (the validation split: S is a selection, never
+    made on the test set) equals the ANN's ``ann_acc`` on the same data: the sleep that makes
+    it loss-free.
 
     One run of Q wake + max(grid) sleep steps: accuracy is recorded after every step, and
     sleep steps that follow cannot change what earlier steps output, so step Q + s of the
     long run is exactly the run with s sleep steps.
     """
-    res = simulate(convert(model, "cif"), test, levels, sleep=max(grid), progress=progress)
+    res = simulate(convert(model, "cif"), data, levels, sleep=max(grid), progress=progress)
     ann_correct = round(ann_acc * res.images)
     by_sleep = {str(s): res.accuracy[levels + s - 1] for s in grid}
     free = None
@@ -210,9 +212,16 @@ def evaluate_model(args, model_name: str, loaders, device, entry: dict, save) ->
             label = "ReLU+IF (99.9th pct)"
             r = evaluate_snn(model, test, "if", calibration=loaders.val, label=label, **kw)
         else:  # casc
+            sel = loaders.val if loaders.val is not None and len(loaders.val) else test
             search = sleep_search(
-                model, test, args.casc_levels, args.sleep_grid, ann_acc, args.progress
+                model,
+                sel,
+                args.casc_levels,
+                args.sleep_grid,
+                ann_accuracy(model, sel),
+                args.progress,
             )
+            search["split"] = "validation" if sel is not test else "test (no validation split)"
             entry["casc_sleep_search"] = search
             sleep = args.casc_sleep
             if sleep == "auto":  # the loss-free S, else the largest S tried
