@@ -30,7 +30,7 @@ from torch import Tensor
 
 __all__ = ["Loaders", "DatasetNotFoundError", "create_loaders", "list_datasets"]
 __all__ += ["find_fashion_mnist", "load_fashion_mnist", "read_idx", "InMemoryLoader", "TorchLoader"]
-__all__ += ["EpochLoader", "data_roots", "dataset_not_found"]
+__all__ += ["EpochLoader", "epoch_generator", "data_roots", "dataset_not_found"]
 
 # Where Debian's `dataset-fashion-mnist` package puts the four gzipped IDX files (a module
 # constant so tests can point it elsewhere).
@@ -340,7 +340,8 @@ def _pil_transform(name: str, augment: bool, autoaugment: bool, cutout: int) -> 
 # --- loaders ------------------------------------------------------------------------------
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of one epoch's shuffle and augmentation (seeded by both)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
 
 
@@ -403,7 +404,7 @@ class InMemoryLoader(EpochLoader):
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         n, _, h, w = self.images.shape
-        g, p, dev = _epoch_generator(self.seed, epoch), self.pad, self.device
+        g, p, dev = epoch_generator(self.seed, epoch), self.pad, self.device
         order = (torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)).to(dev)
         if p:
             offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=g).to(dev)  # crop corners
@@ -470,7 +471,7 @@ class TorchLoader(EpochLoader):
         self.device = torch.device(device)
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        n, g = len(self.indices), _epoch_generator(self.seed, epoch)
+        n, g = len(self.indices), epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         seeds = torch.randint(0, 2**62, (n,), generator=g).tolist() if self.random else [None] * n
         loader = torch.utils.data.DataLoader(

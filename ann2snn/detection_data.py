@@ -37,6 +37,7 @@ from .data import (
     Loaders,
     data_roots,
     dataset_not_found,
+    epoch_generator,
     load_fashion_mnist,
 )
 from .scenes import make_scenes
@@ -128,7 +129,7 @@ class SceneLoader(EpochLoader):
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         n, width = len(self.images), self.images.shape[-1]
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
+        g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         order, flips = order.to(self.device), flips.to(self.device)
@@ -190,7 +191,7 @@ class PhotoLoader(EpochLoader):
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.indices)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63 - 1))
+        g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         flips = (torch.rand(n, generator=g) < 0.5) & self.flip
         loader = torch.utils.data.DataLoader(
