@@ -5,7 +5,19 @@ Workflow: train a source ANN with a quantized activation (`QCFS`, `NoisyQCFS`,
 steps → report. The ANN side and the SNN side are independent choices.
 """
 
-from .activations import (
+from .calibration.noise import NoiseCalibration, calibrate_noise
+from .calibration.post_conversion import CALIBRATION_METHODS, CalibrationLog, calibrate
+from .checkpoint import CheckpointError, load, load_record, save_checkpoint
+from .conversion.converter import ConversionError, SupportReport, check, convert, fold_bn
+from .conversion.passes import PASSES, PassContext, conversion_passes
+from .conversion.preparation import is_prepared, prepare
+from .conversion.thresholds import init_thresholds
+from .data.images import DatasetNotFoundError, create_loaders, list_datasets
+from .deploy.binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
+from .deploy.nir import NIRExportError, export_nir, import_nir
+from .deploy.onnx import Unrolled, export_onnx, export_program
+from .models import create_model, list_models, register_model
+from .nn.activations import (
     QCFS,
     ClipQuant,
     NoisyQCFS,
@@ -14,18 +26,8 @@ from .activations import (
     list_activations,
     register_activation,
 )
-from .binarization import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
-from .calibration import init_thresholds
-from .checkpoint import CheckpointError, load, load_record, save_checkpoint
-from .conversion import ConversionError, SupportReport, check, convert, fold_bn
-from .correction import CALIBRATION_METHODS, CalibrationLog, calibrate
-from .data import DatasetNotFoundError, create_loaders, list_datasets
-from .export import Unrolled, export_onnx, export_program
-from .interchange import NIRExportError, export_nir, import_nir
-from .models import create_model, list_models, register_model
-from .monitor import ActivityMonitor, ActivityReport, LayerActivity
-from .network import SpikingNetwork, biases_off
-from .neuron import (
+from .nn.network import SpikingNetwork, biases_off
+from .nn.neurons import (
     ConsistentIF,
     GroupNeuron,
     IFNeuron,
@@ -36,12 +38,18 @@ from .neuron import (
     register_neuron,
     reset,
 )
-from .noise import NoiseCalibration, calibrate_noise
-from .passes import PASSES, PassContext, conversion_passes
-from .pooling import LIPool
-from .preparation import is_prepared, prepare
-from .simulation import LayerDiff, Schedule, SimulationResult, activity, compare, run, simulate
-from .training import PRESETS, TrainConfig, train
+from .nn.pooling import LIPool
+from .simulation.activity import ActivityMonitor, ActivityReport, LayerActivity
+from .simulation.runner import (
+    LayerDiff,
+    Schedule,
+    SimulationResult,
+    activity,
+    compare,
+    run,
+    simulate,
+)
+from .training.loop import PRESETS, TrainConfig, train
 
 __version__ = "0.1.0"
 

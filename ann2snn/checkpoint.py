@@ -42,8 +42,8 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
+from .conversion.preparation import prepare_as
 from .models import create_model
-from .preparation import prepare_as
 
 __all__ = [
     "FORMAT",

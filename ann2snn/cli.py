@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .activations import list_activations
-from .correction import CALIBRATION_METHODS
-from .neuron import list_neurons
-from .recipes import PRESETS
-from .validation import resolve_device
+from ._util import resolve_device
+from .calibration.post_conversion import CALIBRATION_METHODS
+from .nn.activations import list_activations
+from .nn.neurons import list_neurons
+from .training.config import PRESETS
 
 __all__ = ["main", "build_parser"]
 
@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .detection_data import DETECTION_DATASETS, is_detection_dataset
-    from .training import TrainConfig, train
+    from .data.detection import DETECTION_DATASETS, is_detection_dataset
+    from .training.loop import TrainConfig, train
 
     if args.task and (args.task == "detection") != is_detection_dataset(args.dataset):
         raise ValueError(
@@ -276,7 +276,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     hooks = None
     if cfg.act == "nq":
-        from .noise import nq_epoch_hook
+        from .calibration.noise import nq_epoch_hook
 
         batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
         hooks = {
@@ -305,9 +305,8 @@ def _dtype(name: str):
 def _eval(args: argparse.Namespace) -> int:
 
     from .checkpoint import load
-    from .data import create_loaders
+    from .data.images import create_loaders
     from .demo import evaluate_wake_sleep
-    from .distributed import ShardedLoader, rank_device, runtime_from_env
     from .report import (
         ann_accuracy,
         environment,
@@ -316,6 +315,7 @@ def _eval(args: argparse.Namespace) -> int:
         format_table,
         write_report,
     )
+    from .training.distributed import ShardedLoader, rank_device, runtime_from_env
 
     device = resolve_device("--device", args.device)
     # Under torchrun each rank simulates its share of the test set; counts are summed.
@@ -414,8 +414,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_detection(args: argparse.Namespace, model: Any, record: dict, loaders: Any,
                     steps: list[int]) -> int:  # fmt: skip
     """`ann2snn eval` on a detector: ANN and SNN mAP at every T, a table, JSON and a plot."""
-    from .detection import detector_spec
-    from .detection_eval import ann_map, evaluate_detection_snn
+    from .detection.evaluation import ann_map, evaluate_detection_snn
+    from .detection.head import detector_spec
     from .report import environment, format_table, write_report
 
     unsupported = [f"--{n.replace('_', '-')}" for n in ("calibrate", "activity", "csv", "compile_neurons")
@@ -462,7 +462,7 @@ def _sum_accuracies(row: dict[str, Any], shard: Any, rt: Any) -> None:
     exact counts are summed over the ranks."""
     import torch
 
-    from .distributed import all_sum
+    from .training.distributed import all_sum
 
     n_local = sum(int(y.shape[0]) for _, y in shard)
     keys = list(row["accuracy_by_wake"])
@@ -493,7 +493,7 @@ def _run_folder(path: str) -> Path:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .conversion import check
+    from .conversion.converter import check
 
     target = Path(args.target)
     if target.exists():
@@ -534,7 +534,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from .deploy.onnx import export_run
 
     options = {"tau": args.tau} if args.tau is not None else {}
     out, warnings = export_run(args.checkpoint, args.format, args.out, args.T, args.neuron,

@@ -10,7 +10,7 @@ simulates the SNN on the held-out test split at T = 1..T_max:
                                      T the run has T wake steps then S sleep steps
 
 ``task="detection"`` runs the same workflow on object detection: `yolo_tiny` on the
-Fashion-MNIST scenes (`ann2snn.scenes`), QCFS + IF, QCFS + GN and CASC, mAP@0.5 per T.
+Fashion-MNIST scenes (`ann2snn.data.scenes`), QCFS + IF, QCFS + GN and CASC, mAP@0.5 per T.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def evaluate_wake_sleep(
 
 def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None, **extra: Any):
     from .checkpoint import load
-    from .training import TrainConfig, train
+    from .training.loop import TrainConfig, train
 
     run_dir = Path(cfg.out_dir) / name
     detection = cfg.task == "detection"
@@ -139,8 +139,8 @@ def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None,
 
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Train, convert and evaluate every method; print the table; write report + plot."""
-    from .data import create_loaders
-    from .noise import nq_epoch_hook
+    from .calibration.noise import nq_epoch_hook
+    from .data.images import create_loaders
 
     cfg = cfg or DemoConfig()
     if cfg.task == "detection":
@@ -237,9 +237,9 @@ def _finish(cfg: DemoConfig, head: dict[str, Any], steps: list[int], rows: list[
 def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
     """`run_demo` for ``task="detection"``: train `yolo_tiny` with QCFS (IF and GN rows)
     and clip-quant (CASC), then print mAP@0.5 per T on the test scenes."""
-    from .data import create_loaders
-    from .detection import detector_spec
-    from .detection_eval import ann_map, evaluate_detection_snn
+    from .data.images import create_loaders
+    from .detection.evaluation import ann_map, evaluate_detection_snn
+    from .detection.head import detector_spec
 
     start = time.perf_counter()
     loaders = create_loaders(

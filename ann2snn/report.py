@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .conversion import convert
-from .correction import CalibrationLog, calibrate
-from .monitor import E_AC, E_MAC, ActivityReport
-from .network import device_of
-from .simulation import simulate
+from .calibration.post_conversion import CalibrationLog, calibrate
+from .conversion.converter import convert
+from .nn.network import device_of
+from .simulation.activity import E_AC, E_MAC, ActivityReport
+from .simulation.runner import simulate
 
 __all__ = [
     "ann_accuracy",

@@ -78,7 +78,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _thresholds(run_dir: str) -> list[float]:
     from ann2snn import load
-    from ann2snn.activations import QCFS
+    from ann2snn.nn.activations import QCFS
 
     model = load(run_dir)
     return [float(m.threshold.detach()) for m in model.modules() if isinstance(m, QCFS)]

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 
 from ann2snn import convert, load, simulate
-from ann2snn.data import create_loaders
+from ann2snn.calibration.noise import nq_epoch_hook
+from ann2snn.data.images import create_loaders
 from ann2snn.demo import evaluate_wake_sleep
-from ann2snn.noise import nq_epoch_hook
 from ann2snn.report import ann_accuracy, environment, evaluate_snn, write_json
-from ann2snn.training import TrainConfig, train
+from ann2snn.training.loop import TrainConfig, train
 
 METHODS = ("qcfs", "nq", "casc", "gn", "relu")
 # Which trained ANN each row uses: QCFS+IF and QCFS+GN share one network.

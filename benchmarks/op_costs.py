@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ann2snn.neuron import ConsistentIF, IFNeuron, compile_unavailable
+from ann2snn.nn.neurons import ConsistentIF, IFNeuron, compile_unavailable
 from ann2snn.report import environment, write_json
 
 

@@ -48,12 +48,12 @@ import torch
 import torch.nn.functional as F
 
 # The training module (its helpers, beside the exported `train` function).
-import ann2snn.training as T  # noqa: E402
+import ann2snn.training.loop as T  # noqa: E402
 from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
-from ann2snn.data import DatasetNotFoundError, InMemoryLoader, create_loaders
-from ann2snn.noise import nq_epoch_hook
+from ann2snn.calibration.noise import nq_epoch_hook
+from ann2snn.data.images import DatasetNotFoundError, InMemoryLoader, create_loaders
 from ann2snn.report import environment, write_json
-from ann2snn.simulation import default_max_fold
+from ann2snn.simulation.runner import default_max_fold
 
 NQ_SIGMA = 0.25  # a: every NQ layer trains with this noise σ (typical calibrated values 0.1–0.5)
 TARGETS = {"a": ("<=", 1.15), "b": (">=", 0.95), "c": ("<=", 0.15), "e": ("<=", 0.33)}

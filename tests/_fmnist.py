@@ -1,7 +1,7 @@
 """A tiny, learnable Fashion-MNIST stand-in written in the real IDX format.
 
 `write_fashion_mnist(folder)` writes the four gzipped IDX files that
-`ann2snn.data.find_fashion_mnist` looks for. Each class k lights one block of a 2×5 grid
+`ann2snn.data.images.find_fashion_mnist` looks for. Each class k lights one block of a 2×5 grid
 on a dim noisy background, so a small CNN learns the task within one short epoch. The
 files are generated from a fixed seed: every test sees the same images.
 
@@ -57,7 +57,7 @@ def write_fashion_mnist(folder: Path, n_train: int = 300, n_test: int = 100, see
 
 def isolate_data(monkeypatch, tmp_path: Path) -> None:
     """No in-process lookup may find the user's data, the Debian package or the network."""
-    from ann2snn import data
+    from ann2snn.data import images as data
 
     monkeypatch.delenv("ANN2SNN_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import ann2snn.activations as A
+import ann2snn.nn.activations as A
 from ann2snn import QCFS, create_activation, list_activations
-from ann2snn.activations import floor_ste
+from ann2snn.nn.activations import floor_ste
 
 LAMBDAS = [1.0, 2.0]
 LEVELS = [1, 2, 4, 8]

@@ -11,7 +11,7 @@ from torch import nn
 
 import ann2snn
 from ann2snn import QCFS, ClipQuant, activity, convert, simulate
-from ann2snn.fanout import fanout_maps, mac_counts
+from ann2snn.simulation.fanout import fanout_maps, mac_counts
 
 
 def _conv(cin, cout, k, weight, bias=None, **kw) -> nn.Conv2d:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from _fmnist import isolate_data
 
-from ann2snn.neuron import compile_unavailable
+from ann2snn.nn.neurons import compile_unavailable
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -8,7 +8,7 @@ from conftest import images, make_resnet, make_vgg, randomize
 
 import ann2snn
 from ann2snn import SpikeScale, binarize, calibrate, convert, create_model
-from ann2snn.neuron import SpikingNeuron
+from ann2snn.nn.neurons import SpikingNeuron
 
 T = 6
 

@@ -22,8 +22,8 @@ from ann2snn import (
     run,
     simulate,
 )
-from ann2snn.network import biases_off
-from ann2snn.simulation import Phase, run_schedule
+from ann2snn.nn.network import biases_off
+from ann2snn.simulation.runner import Phase, run_schedule
 
 # ============================================================================ item 13: ClipQuant
 

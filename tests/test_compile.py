@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ann2snn import IFNeuron, convert, create_model
-from ann2snn.neuron import compile_unavailable, neurons
+from ann2snn.nn.neurons import compile_unavailable, neurons
 
 
 def _grads(

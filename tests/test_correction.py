@@ -9,7 +9,7 @@ from torch import nn
 
 import ann2snn
 from ann2snn import QCFS, calibrate, convert, run
-from ann2snn.correction import CalibrationLog, layer_gaps
+from ann2snn.calibration.post_conversion import CalibrationLog, layer_gaps
 
 T = 4
 

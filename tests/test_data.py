@@ -1,4 +1,4 @@
-"""Tests for ann2snn.data on tiny files written in the real on-disk formats."""
+"""Tests for ann2snn.data.images on tiny files written in the real on-disk formats."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from _fmnist import isolate_data
 
-from ann2snn import data
-from ann2snn.data import DatasetNotFoundError, create_loaders, find_fashion_mnist, read_idx
+from ann2snn.data import images as data
+from ann2snn.data.images import DatasetNotFoundError, create_loaders, find_fashion_mnist, read_idx
 
 REAL_DEBIAN_DIR = data.DEBIAN_FASHION_MNIST_DIR
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530

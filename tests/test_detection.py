@@ -13,7 +13,13 @@ pytest.importorskip("torchmetrics")
 pytest.importorskip("pycocotools")
 
 from ann2snn import convert  # noqa: E402
-from ann2snn.detection import (  # noqa: E402
+from ann2snn.detection.evaluation import (  # noqa: E402
+    MapScorer,
+    ann_map,
+    evaluate_detection_snn,
+    simulate_detection,
+)
+from ann2snn.detection.head import (  # noqa: E402
     YoloSpec,
     assign_targets,
     decode,
@@ -23,14 +29,8 @@ from ann2snn.detection import (  # noqa: E402
     targets_to_list,
     yolo_loss,
 )
-from ann2snn.detection_eval import (  # noqa: E402
-    MapScorer,
-    ann_map,
-    evaluate_detection_snn,
-    simulate_detection,
-)
 from ann2snn.models import create_model  # noqa: E402
-from ann2snn.simulation import run  # noqa: E402
+from ann2snn.simulation.runner import run  # noqa: E402
 
 SPEC = YoloSpec(num_classes=3, stride=8, anchors=((8.0, 8.0), (16.0, 32.0)))
 

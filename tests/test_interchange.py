@@ -10,7 +10,7 @@ from ann2snn import binarize, convert
 
 nir = pytest.importorskip("nir")
 
-from ann2snn.interchange import NIRExportError, export_nir, import_nir  # noqa: E402
+from ann2snn.deploy.nir import NIRExportError, export_nir, import_nir  # noqa: E402
 
 
 @pytest.mark.parametrize("case", ["cnn-if", "cnn-gn", "resnet20-if", "resnet20-gn", "resnet20-cif"])

@@ -9,8 +9,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ann2snn.activations import QCFS, create_activation, list_activations
 from ann2snn.models import _registry, create_model, list_models, register_model
+from ann2snn.nn.activations import QCFS, create_activation, list_activations
 
 MODELS = ["cnn", "resnet18", "resnet20", "resnet34", "vgg16"]
 

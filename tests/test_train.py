@@ -23,7 +23,7 @@ from torch import nn
 from ann2snn import checkpoint as ckpt
 from ann2snn import lock as ckpt_lock
 from ann2snn._progress import ProgressBar
-from ann2snn.training import (
+from ann2snn.training.loop import (
     PRESETS,
     TrainConfig,
     evaluate,

@@ -3,7 +3,7 @@
 >>> from ann2snn.models import create_model
 >>> model = create_model("resnet20", num_classes=10, act="qcfs", levels=4)
 
-Every model uses activation modules from `ann2snn.activations` as its only
+Every model uses activation modules from `ann2snn.nn.activations` as its only
 nonlinearities (one fresh module per site), BatchNorm in every conv block, and no
 activation after the final Linear, so conversion only has to swap activation modules.
 """

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ann2snn.activations import create_activation, list_activations
+from ann2snn.nn.activations import create_activation, list_activations
 
 __all__ = [
     "POOL_CHOICES",

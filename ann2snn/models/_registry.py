@@ -56,7 +56,7 @@ def create_model(
     builder ``"package.module:function"``, made convertible by `ann2snn.prepare` with
     ``act``, ``levels``, ``pool`` and ``act_kwargs`` (see `ann2snn.models.external`).
 
-    ``act``/``levels``/``act_kwargs`` go to `ann2snn.activations.create_activation` once
+    ``act``/``levels``/``act_kwargs`` go to `ann2snn.nn.activations.create_activation` once
     per activation site. ``pool`` ("avg" or "max") picks the pooling of VGG/CNN models;
     ResNets validate it but have no pooling in the stem. ``image_size`` is the (square)
     input side, used to size the first Linear of models that flatten a feature map.

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..preparation import prepare
+from ..conversion.preparation import prepare
 
 __all__ = ["is_external", "build_external", "load_pretrained", "PretrainedReport"]
 

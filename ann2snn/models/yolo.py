@@ -2,7 +2,7 @@
 
 Backbone of 3×3 conv + BatchNorm + activation blocks, doubling the width after each 2×2
 pool (16, 32, 64, ...), one more 3×3 block at the last width, then a 1×1 conv head with
-bias and no activation: ``[B, A·(5+C), S, S]`` (`ann2snn.detection`). The CASC paper
+bias and no activation: ``[B, A·(5+C), S, S]`` (`ann2snn.detection.head`). The CASC paper
 converts single-scale (stride 32) YOLO detectors; here the stride follows the input:
 3 pools (stride 8, an 8×8 grid) for the 64 px Fashion-MNIST scenes, 5 (stride 32) for
 inputs above 128 px (VOC/COCO at 416 px: a 13×13 grid, as YOLOv2).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ann2snn.detection import YoloSpec
+from ann2snn.detection.head import YoloSpec
 
 from ._blocks import ActFactory, activation_factory, init_weights, make_pool
 from ._registry import register_model

@@ -1,0 +1,22 @@
+"""Forms of a converted network for other tools: the binary-spike form (`binarize`),
+NIR (`export_nir` / `import_nir`), ONNX and ``torch.export`` (`export_onnx`,
+`export_program`).
+"""
+
+from .binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
+from .nir import NIRExportError, export_nir, import_nir
+from .onnx import Unrolled, export_onnx, export_program
+
+__all__ = [
+    "binarize",
+    "is_binarized",
+    "SpikeScale",
+    "MemberExpand",
+    "MemberSum",
+    "export_nir",
+    "import_nir",
+    "NIRExportError",
+    "export_onnx",
+    "export_program",
+    "Unrolled",
+]
