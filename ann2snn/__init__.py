@@ -5,6 +5,7 @@ Workflow: train a source ANN with a quantized activation (`QCFS`, `NoisyQCFS`,
 steps → report. The ANN side and the SNN side are independent choices.
 """
 
+from ._io import VERSION
 from .calibration.noise import NoiseCalibration, calibrate_noise
 from .calibration.post_conversion import CALIBRATION_METHODS, CalibrationLog, calibrate
 from .checkpoint import CheckpointError, load, load_record, save_checkpoint
@@ -12,7 +13,7 @@ from .conversion.converter import ConversionError, SupportReport, check, convert
 from .conversion.passes import PASSES, PassContext, conversion_passes
 from .conversion.preparation import is_prepared, prepare
 from .conversion.thresholds import init_thresholds
-from .data.images import DatasetNotFoundError, create_loaders, list_datasets
+from .data import DatasetNotFoundError, create_loaders, list_datasets
 from .deploy.binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
 from .deploy.nir import NIRExportError, export_nir, import_nir
 from .deploy.onnx import Unrolled, export_onnx, export_program
@@ -51,7 +52,7 @@ from .simulation.runner import (
 )
 from .training.loop import PRESETS, TrainConfig, train
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "prepare",

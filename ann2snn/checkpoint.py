@@ -28,11 +28,8 @@ import copy
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
-import platform
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
+from ._io import commit, json_safe, stage, versions
 from .conversion.preparation import prepare_as
 from .models import create_model
 
@@ -58,9 +56,6 @@ __all__ = [
     "find_checkpoint",
     "save_resume_state",
     "load_resume_state",
-    "atomic_write",
-    "json_safe",
-    "sha256_file",
     "record_digest",
     "clean_orphans",
 ]
@@ -81,26 +76,6 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------- atomic files
 
 
-def _stage(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a fsynced temporary file next to ``path``; return its path.
-
-    Same folder as the target so that the later `os.replace` is a rename within one
-    file system, which POSIX makes atomic.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
 def clean_orphans(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary files an interrupted save left in ``run_dir`` (``.NAME.*.tmp``
     of this module's staging); return them. Call it only while holding the folder's lock."""
@@ -112,25 +87,6 @@ def clean_orphans(run_dir: str | os.PathLike) -> list[Path]:
                     tmp.unlink()
                     removed.append(tmp)
     return removed
-
-
-def _commit(pairs: list[tuple[Path, Path]]) -> None:
-    """Rename staged files onto their targets in order, then fsync the folder."""
-    try:
-        for tmp, path in pairs:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in pairs:  # on failure, leave no temporary files behind
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    folder = pairs[0][1].parent
-    # Make the renames themselves durable; not possible on every OS/file system.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def record_digest(record: dict) -> str:
@@ -178,21 +134,6 @@ def _check_fields(record: dict, path: Path, required: tuple[str, ...]) -> None:
             )
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file, flush + fsync, `os.replace`)."""
-    path = Path(path)
-    _commit([(_stage(path, data), path)])
-
-
 def _write_pair(run_dir: Path, tag: str, weights: bytes, record: dict) -> Path:
     """Write ``<tag>.safetensors`` then ``<tag>.json``; the record gets the weights' hash.
 
@@ -207,58 +148,18 @@ def _write_pair(run_dir: Path, tag: str, weights: bytes, record: dict) -> Path:
     record["record_sha256"] = record_digest(record)
     # NaN is kept only in resume skeletons (exact round trip); `json_safe` removed it from records.
     text = json.dumps(record, indent=2)
-    staged_weights = _stage(weights_path, weights)
+    staged_weights = stage(weights_path, weights)
     try:
-        staged_json = _stage(json_path, (text + "\n").encode())
+        staged_json = stage(json_path, (text + "\n").encode())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(staged_weights)
         raise
-    _commit([(staged_weights, weights_path), (staged_json, json_path)])
+    commit([(staged_weights, weights_path), (staged_json, json_path)])
     return json_path
 
 
 # ----------------------------------------------------------------------------- records
-
-
-def _versions() -> dict[str, str]:
-    try:
-        from importlib.metadata import version
-
-        ann2snn_version = version("ann2snn")
-    except Exception:  # not installed (e.g. run from a source tree)
-        ann2snn_version = "unknown"
-    import safetensors
-
-    return {
-        "ann2snn": ann2snn_version,
-        "torch": torch.__version__,
-        "safetensors": safetensors.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def json_safe(obj: Any, where: str = "record") -> Any:
-    """Turn a record into strict JSON values: tuples → lists, 0-d tensors/numpy scalars →
-    numbers, paths → str, NaN/inf → None (so tools such as jq can read every record)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, bool | int | str) or obj is None:
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, Tensor) and obj.numel() == 1:
-        return json_safe(obj.item(), where)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
-        return json_safe(obj.item(), where)
-    raise TypeError(
-        f"{where} has a value of type {type(obj).__name__} that JSON cannot hold; "
-        "store numbers, strings, lists or dicts in checkpoint records"
-    )
 
 
 def _state_to_bytes(state: dict[str, Tensor], where: str) -> bytes:
@@ -304,7 +205,7 @@ def save_checkpoint(
     run_dir.mkdir(parents=True, exist_ok=True)
     full = {"format": FORMAT, "format_version": FORMAT_VERSION}
     full.update(json_safe(record))
-    full.setdefault("versions", _versions())
+    full.setdefault("versions", versions())
     full["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     weights = _state_to_bytes(model.state_dict(), f"{type(model).__name__}.state_dict()")
     return _write_pair(run_dir, tag, weights, full)

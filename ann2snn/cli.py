@@ -305,7 +305,7 @@ def _dtype(name: str):
 def _eval(args: argparse.Namespace) -> int:
 
     from .checkpoint import load
-    from .data.images import create_loaders
+    from .data import create_loaders
     from .demo import evaluate_wake_sleep
     from .report import (
         ann_accuracy,

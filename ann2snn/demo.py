@@ -140,7 +140,7 @@ def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None,
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Train, convert and evaluate every method; print the table; write report + plot."""
     from .calibration.noise import nq_epoch_hook
-    from .data.images import create_loaders
+    from .data import create_loaders
 
     cfg = cfg or DemoConfig()
     if cfg.task == "detection":
@@ -237,7 +237,7 @@ def _finish(cfg: DemoConfig, head: dict[str, Any], steps: list[int], rows: list[
 def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
     """`run_demo` for ``task="detection"``: train `yolo_tiny` with QCFS (IF and GN rows)
     and clip-quant (CASC), then print mAP@0.5 per T on the test scenes."""
-    from .data.images import create_loaders
+    from .data import create_loaders
     from .detection.evaluation import ann_map, evaluate_detection_snn
     from .detection.head import detector_spec
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._io import environment, save_figure, source_revision, write_json
 from .calibration.post_conversion import CalibrationLog, calibrate
 from .conversion.converter import convert
 from .nn.network import device_of
@@ -124,47 +121,6 @@ def cost_columns(rep: ActivityReport, wake: int | None = None) -> dict[str, Any]
     }
 
 
-def environment() -> dict[str, Any]:
-    """Versions and hardware, for reproducible reports."""
-    from . import __version__
-
-    env = {
-        "ann2snn": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    env["git"] = source_revision()
-    return env
-
-
-def source_revision() -> dict[str, Any] | None:
-    """Commit of the ann2snn source tree and its uncommitted library files, or None when
-    the package is not a git checkout: results record which code produced them."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    env = os.environ | {"GIT_OPTIONAL_LOCKS": "0"}  # read-only: no index refresh
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, env=env, capture_output=True, text=True, timeout=10
-        ).stdout
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ann2snn")
-    except (OSError, subprocess.SubprocessError):  # no git on this machine
-        return None
-    return {"commit": commit, "modified": [ln[3:] for ln in dirty.splitlines()]} if commit else None
-
-
 def format_table(
     rows: Sequence[dict[str, Any]], steps: Sequence[int], metric: str = "accuracy"
 ) -> str:
@@ -244,7 +200,7 @@ def plot_cost(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths = {"energy_plot": out_dir / "accuracy_vs_energy.png"}
-    fig.savefig(paths["energy_plot"], dpi=120)
+    save_figure(fig, paths["energy_plot"])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
@@ -261,7 +217,7 @@ def plot_cost(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths["rates_plot"] = out_dir / "firing_rates.png"
-    fig.savefig(paths["rates_plot"], dpi=120)
+    save_figure(fig, paths["rates_plot"])
     plt.close(fig)
     return paths
 
@@ -316,26 +272,8 @@ def plot_accuracy(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    return path
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

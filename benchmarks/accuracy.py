@@ -33,7 +33,7 @@ import torch
 
 from ann2snn import convert, load, simulate
 from ann2snn.calibration.noise import nq_epoch_hook
-from ann2snn.data.images import create_loaders
+from ann2snn.data import create_loaders
 from ann2snn.demo import evaluate_wake_sleep
 from ann2snn.report import ann_accuracy, environment, evaluate_snn, write_json
 from ann2snn.training.loop import TrainConfig, train

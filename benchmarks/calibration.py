@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ann2snn import CalibrationLog, calibrate, convert, load, simulate
-from ann2snn.data.images import create_loaders
+from ann2snn.data import create_loaders
 from ann2snn.report import ann_accuracy, environment, write_json
 
 

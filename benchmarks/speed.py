@@ -51,7 +51,8 @@ import torch.nn.functional as F
 import ann2snn.training.loop as T  # noqa: E402
 from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
 from ann2snn.calibration.noise import nq_epoch_hook
-from ann2snn.data.images import DatasetNotFoundError, InMemoryLoader, create_loaders
+from ann2snn.data import DatasetNotFoundError, create_loaders
+from ann2snn.data.images import InMemoryLoader
 from ann2snn.report import environment, write_json
 from ann2snn.simulation.runner import default_max_fold
 

@@ -56,7 +56,7 @@ def tiny_wide(**kwargs) -> nn.Module:
 
 
 class TinyLoader:
-    """Batches of fixed tensors with the `ann2snn.data.images` loader interface.
+    """Batches of fixed tensors with the `ann2snn.data` loader interface.
 
     ``train=True``: shuffled with NumPy's global RNG, random flips from torch's global RNG
     and a tiny brightness jitter from Python's ``random``. ``slow_from_epoch``: from that
@@ -99,7 +99,7 @@ class TinyLoader:
 
 
 def make_loaders(batch_size=16, n_train=96, n_eval=32, val_fraction=0.1, **slow):
-    """Loaders with the fields of `ann2snn.data.images.Loaders`; the data is fixed by a seed."""
+    """Loaders with the fields of `ann2snn.data.Loaders`; the data is fixed by a seed."""
     g = torch.Generator().manual_seed(1234)
 
     def split(n):

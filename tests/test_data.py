@@ -12,8 +12,9 @@ import pytest
 import torch
 from _fmnist import isolate_data
 
+from ann2snn.data import DatasetNotFoundError, create_loaders, list_datasets
 from ann2snn.data import images as data
-from ann2snn.data.images import DatasetNotFoundError, create_loaders, find_fashion_mnist, read_idx
+from ann2snn.data.images import find_fashion_mnist, read_idx
 
 REAL_DEBIAN_DIR = data.DEBIAN_FASHION_MNIST_DIR
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
@@ -399,5 +400,5 @@ def test_missing_imagenet_and_unknown_name(tmp_path):
     assert str(tmp_path / "nothing" / "imagenet") in str(info.value)
     with pytest.raises(ValueError, match="unknown dataset"):
         create_loaders("mnist", tmp_path)
-    assert data.list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "imagenet",
+    assert list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "imagenet",
                                    "fashion-scenes", "voc", "coco"]  # fmt: skip

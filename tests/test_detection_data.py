@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from ann2snn.data import DatasetNotFoundError, create_loaders
 from ann2snn.data.detection import VOC_CLASSES, create_detection_loaders, pad_targets
-from ann2snn.data.images import DatasetNotFoundError, create_loaders
 from ann2snn.data.scenes import make_scenes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,14 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .images import (
-    EpochLoader,
-    Loaders,
-    data_roots,
-    dataset_not_found,
-    epoch_generator,
-    load_fashion_mnist,
-)
+from ._common import EpochLoader, Loaders, data_roots, dataset_not_found, epoch_generator
+from .images import load_fashion_mnist
 from .scenes import make_scenes
 
 __all__ = [

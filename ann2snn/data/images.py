@@ -28,9 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Loaders", "DatasetNotFoundError", "create_loaders", "list_datasets"]
+from ._common import (
+    DatasetNotFoundError,
+    EpochLoader,
+    Loaders,
+    cache_dir,
+    data_roots,
+    dataset_not_found,
+    epoch_generator,
+)
+
+__all__ = ["IMAGE_DATASETS", "create_image_loaders", "image_dataset_key"]
 __all__ += ["find_fashion_mnist", "load_fashion_mnist", "read_idx", "InMemoryLoader", "TorchLoader"]
-__all__ += ["EpochLoader", "epoch_generator", "data_roots", "dataset_not_found"]
 
 # Where Debian's `dataset-fashion-mnist` package puts the four gzipped IDX files (a module
 # constant so tests can point it elsewhere).
@@ -56,50 +65,13 @@ _CIFAR = {
 }
 _ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}
 _ALIASES |= {"cifar-100": "cifar100", "ilsvrc2012": "imagenet"}
+IMAGE_DATASETS = tuple(sorted(_STATS))
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset was found nowhere; the message lists every place looked and how to get it."""
-
-
-@dataclass
-class Loaders:
-    """The three splits of one dataset plus the facts a model needs to be built for it."""
-
-    train: Iterable[tuple[Tensor, Tensor]]
-    val: Iterable[tuple[Tensor, Tensor]]
-    test: Iterable[tuple[Tensor, Tensor]]
-    num_classes: int
-    in_channels: int
-    image_size: int
-    name: str
-    mean: tuple[float, ...] = ()  # the normalisation applied, to undo it (plots, encoders)
-    std: tuple[float, ...] = ()
-
-
-def list_datasets() -> list[str]:
-    """Names accepted by `create_loaders` (classification, then detection)."""
-    from .detection import DETECTION_DATASETS
-
-    return sorted(_STATS) + list(DETECTION_DATASETS)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ann2snn"
-
-
-def data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
-    """Folders searched: ``data_dir`` alone when given (never another copy behind the
-    user's back), else ``$ANN2SNN_DATA`` if set."""
-    if data_dir is not None:
-        return [Path(data_dir).expanduser()]
-    env = os.environ.get("ANN2SNN_DATA")
-    return [Path(env).expanduser()] if env else []
-
-
-def dataset_not_found(what: str, looked: list[str], how: str) -> DatasetNotFoundError:
-    places = "".join(f"\n  - {p}" for p in looked)
-    return DatasetNotFoundError(f"{what} not found. Looked in:{places}\nTo get it: {how}")
+def image_dataset_key(name: str) -> str | None:
+    """The canonical name of an image-classification dataset (aliases resolved), or None."""
+    key = _ALIASES.get(k := str(name).lower().replace("_", "-"), k)
+    return key if key in _STATS else None
 
 
 # --- Fashion-MNIST ------------------------------------------------------------------------
@@ -125,7 +97,7 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     (``$XDG_CACHE_HOME/ann2snn`` or ``~/.cache/ann2snn``), then tries a torchvision download
     into the cache. Raises `DatasetNotFoundError` listing all of these.
     """
-    cache, looked = _cache_dir(), []
+    cache, looked = cache_dir(), []
     subdirs = ("", "fashion-mnist", "FashionMNIST/raw")
     if data_dir is not None:
         # An explicit folder is the only place looked: falling back to another copy would
@@ -233,7 +205,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
 def _load_cifar(name: str, data_dir: str | os.PathLike | None, download: bool) -> list:
     """-> [train_x uint8 [N,3,32,32], train_y int64 [N], test_x, test_y]."""
     folder, train_files, test_files, label_key, _ = _CIFAR[name]
-    roots = data_roots(data_dir) + ([_cache_dir()] if data_dir is None else [])
+    roots = data_roots(data_dir) + ([cache_dir()] if data_dir is None else [])
     files = train_files + test_files
     found = [r / folder for r in roots if all((r / folder / f).is_file() for f in files)]
     looked = [str(r / folder) for r in roots]
@@ -338,37 +310,6 @@ def _pil_transform(name: str, augment: bool, autoaugment: bool, cutout: int) -> 
 
 
 # --- loaders ------------------------------------------------------------------------------
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The CPU generator of one epoch's shuffle and augmentation (seeded by both)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
-
-
-class EpochLoader:
-    """What both loaders share: ``len``, ``dataset_size``, ``set_epoch``; ``iter`` runs the
-    current epoch and moves to the next."""
-
-    batch_size: int
-    epoch: int = 0
-
-    @property
-    def dataset_size(self) -> int:
-        return len(self.indices)  # type: ignore[attr-defined]
-
-    def __len__(self) -> int:
-        return math.ceil(self.dataset_size / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter()`` produce epoch ``epoch``'s order and augmentation."""
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        return self._batches(epoch)
-
-    def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        raise NotImplementedError
 
 
 class InMemoryLoader(EpochLoader):
@@ -489,7 +430,7 @@ class TorchLoader(EpochLoader):
 # --- entry point --------------------------------------------------------------------------
 
 
-def create_loaders(
+def create_image_loaders(
     name: str,
     data_dir: str | os.PathLike | None = None,
     batch_size: int = 128,
@@ -506,30 +447,11 @@ def create_loaders(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> Loaders:
-    """Train / val / test loaders for one of `list_datasets()`.
-
-    ``val`` is ``round(val_fraction·N)`` training images picked by ``seed``, never augmented.
-    ``limit_train`` keeps the first N of the seeded-shuffled train split, ``limit_test`` the
-    first N of the test split (and of the val split). ``in_memory=None`` takes the on-device
-    path for Fashion-MNIST/CIFAR unless AutoAugment is asked for (``augment=False`` turns all
-    augmentation off); ImageNet always uses a `DataLoader`. Batches arrive on ``device``
-    (default: cuda if available); the last partial batch is kept in every split.
-    """
-    from .detection import create_detection_loaders, is_detection_dataset
-
-    if is_detection_dataset(name):  # fashion-scenes, voc, coco: boxes instead of labels
-        if autoaugment or cutout:
-            raise ValueError(
-                f"autoaugment={autoaugment}, cutout={cutout}: classification augmentations; "
-                f"the detection dataset {name!r} flips images (and boxes) only"
-            )
-        return create_detection_loaders(
-            name, data_dir, batch_size, val_fraction, seed, num_workers, device, augment,
-            eval_batch_size, limit_train, limit_test,
-        )  # fmt: skip
-    key = _ALIASES.get(k := name.lower().replace("_", "-"), k)
-    if key not in _STATS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {list_datasets()}")
+    """Train / val / test loaders of an image-classification dataset (`IMAGE_DATASETS`);
+    the arguments are `ann2snn.data.create_loaders`'."""
+    key = image_dataset_key(name)
+    if key is None:
+        raise ValueError(f"unknown dataset {name!r}; choose from {list(IMAGE_DATASETS)}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     autoaugment, cutout = autoaugment and augment, cutout if augment else 0

@@ -116,7 +116,7 @@ def example_input(record: dict, data_dir: str | None = None) -> Tensor:
     if size and channels:
         hw = (size, size) if isinstance(size, int) else tuple(size)
         return torch.zeros(2, int(channels), *hw)
-    from ..data.images import create_loaders
+    from ..data import create_loaders
 
     dataset = (record.get("recipe") or {}).get("dataset") or record.get("dataset")
     loaders = create_loaders(dataset, data_dir=data_dir, batch_size=2, augment=False)
@@ -151,7 +151,7 @@ def export_run(
     act = (record.get("model_kwargs") or {}).get("act") or record.get("activation")
     calibration = None
     if act == "relu":  # θ from data: the 99.9th percentile on the validation split
-        from ..data.images import create_loaders
+        from ..data import create_loaders
 
         dataset = (record.get("recipe") or {}).get("dataset")
         calibration = create_loaders(dataset, data_dir=data_dir, batch_size=256, augment=False).val

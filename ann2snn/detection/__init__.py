@@ -5,9 +5,10 @@ ANN and as an SNN at every T from one simulation.
 """
 
 from .evaluation import ann_map, evaluate_detection_snn, evaluate_detector, simulate_detection
-from .head import assign_targets, decode, detector_spec, kmeans_anchors, yolo_loss
+from .head import YoloSpec, assign_targets, decode, detector_spec, kmeans_anchors, yolo_loss
 
 __all__ = [
+    "YoloSpec",
     "detector_spec",
     "assign_targets",
     "yolo_loss",

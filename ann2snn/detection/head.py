@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
+from ..models import list_models
+from ..models.yolo import YoloSpec
+
 __all__ = [
     "YoloSpec",
     "detector_spec",
@@ -35,37 +38,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class YoloSpec:
-    """What the head's channels mean: ``num_classes``, the grid ``stride`` (input pixels per
-    cell) and the ``anchors`` as (width, height) in input pixels."""
-
-    num_classes: int
-    stride: int
-    anchors: tuple[tuple[float, float], ...]
-
-    def __post_init__(self) -> None:
-        if self.num_classes < 1 or self.stride < 1 or not self.anchors:
-            raise ValueError(f"YoloSpec: bad values {self!r}")
-        if any(w <= 0 or h <= 0 for w, h in self.anchors):
-            raise ValueError(f"YoloSpec: anchors must be positive (w, h) pairs, got {self.anchors}")
-
-    @property
-    def num_anchors(self) -> int:
-        return len(self.anchors)
-
-    @property
-    def channels(self) -> int:
-        """Output channels of the head conv: A·(5 + C)."""
-        return self.num_anchors * (5 + self.num_classes)
-
-
 def detector_spec(model: nn.Module) -> YoloSpec:
     """The `YoloSpec` a detector carries (``model.yolo_spec``); a clear error for a classifier."""
     spec = getattr(model, "yolo_spec", None)
     if not isinstance(spec, YoloSpec):
-        from ..models import list_models
-
         dets = [m for m in list_models() if m.startswith("yolo")]
         raise ValueError(
             f"model {type(model).__name__} is not a detector (it has no yolo_spec); detection "

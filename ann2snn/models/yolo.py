@@ -10,14 +10,40 @@ inputs above 128 px (VOC/COCO at 416 px: a 13×13 grid, as YOLOv2).
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from dataclasses import dataclass
 
-from ann2snn.detection.head import YoloSpec
+from torch import Tensor, nn
 
 from ._blocks import ActFactory, activation_factory, init_weights, make_pool
 from ._registry import register_model
 
-__all__ = ["TinyYOLO", "yolo_tiny", "DEFAULT_ANCHORS"]
+__all__ = ["TinyYOLO", "yolo_tiny", "YoloSpec", "DEFAULT_ANCHORS"]
+
+
+@dataclass(frozen=True)
+class YoloSpec:
+    """What the head's channels mean: ``num_classes``, the grid ``stride`` (input pixels per
+    cell) and the ``anchors`` as (width, height) in input pixels."""
+
+    num_classes: int
+    stride: int
+    anchors: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1 or self.stride < 1 or not self.anchors:
+            raise ValueError(f"YoloSpec: bad values {self!r}")
+        if any(w <= 0 or h <= 0 for w, h in self.anchors):
+            raise ValueError(f"YoloSpec: anchors must be positive (w, h) pairs, got {self.anchors}")
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchors)
+
+    @property
+    def channels(self) -> int:
+        """Output channels of the head conv: A·(5 + C)."""
+        return self.num_anchors * (5 + self.num_classes)
+
 
 #: Anchors as fractions of the input side. 64 px scenes: k-means (1 − IoU) on the boxes of
 #: the generated Fashion-MNIST training scenes (`detection.kmeans_anchors`, 3 clusters);

@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._io import json_safe, sha256_file
 from .._progress import ProgressBar
 from .._util import resolve_device
 from ..calibration.noise import nq_epoch_hook
@@ -46,16 +47,14 @@ from ..checkpoint import (
     RESUME_TAG,
     CheckpointError,
     clean_orphans,
-    json_safe,
     load_record,
     load_resume_state,
     save_checkpoint,
     save_resume_state,
-    sha256_file,
 )
 from ..conversion.preparation import is_prepared, prepare
 from ..conversion.thresholds import init_thresholds
-from ..data.images import create_loaders
+from ..data import create_loaders
 from ..models import create_model
 from ..models.external import is_external, load_pretrained
 from ..nn.activations import THRESHOLD_PARAM_NAMES, clamp_thresholds_, is_quantized_activation
@@ -459,7 +458,7 @@ def _check_loaders(loaders: Any) -> None:
     if missing:
         raise TypeError(
             f"loaders: {type(loaders).__name__} lacks {', '.join(missing)}; pass an "
-            "ann2snn.data.images.Loaders (or an object with the same fields)"
+            "ann2snn.data.Loaders (or an object with the same fields)"
         )
 
 
@@ -537,7 +536,7 @@ def train(
             copy is trained). A model without quantized activations is `prepare`d with
             ``config.act``/``levels``/``pool``/``act_kwargs``; ``config.model`` is then
             only its name in the record, and ``ann2snn.load(out_dir, model=...)`` rebuilds it.
-        loaders: your own data (an `ann2snn.data.images.Loaders` or an object with its fields)
+        loaders: your own data (an `ann2snn.data.Loaders` or an object with its fields)
             instead of ``create_loaders(config.dataset, ...)``.
 
     Returns:
