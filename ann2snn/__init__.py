@@ -6,123 +6,113 @@ steps → report. The ANN side and the SNN side are independent choices.
 """
 
 from ._io import VERSION
-from .calibration.noise import NoiseCalibration, calibrate_noise
-from .calibration.post_conversion import CALIBRATION_METHODS, CalibrationLog, calibrate
-from .checkpoint import CheckpointError, load, load_record, save_checkpoint
-from .conversion.converter import ConversionError, SupportReport, check, convert, fold_bn
-from .conversion.passes import PASSES, PassContext, conversion_passes
-from .conversion.preparation import is_prepared, prepare
-from .conversion.thresholds import init_thresholds
+from .calibration import calibrate, calibrate_noise
+from .checkpoint import CheckpointError, load, save_checkpoint
+from .conversion import ConversionError, SupportReport, check, convert, prepare
 from .data import DatasetNotFoundError, create_loaders, list_datasets
-from .deploy.binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
-from .deploy.nir import NIRExportError, export_nir, import_nir
-from .deploy.onnx import Unrolled, export_onnx, export_program
+from .deploy import NIRExportError, binarize, export_nir, export_onnx, export_program, import_nir
 from .models import create_model, list_models, register_model
-from .nn.activations import (
+from .nn import (
     QCFS,
     ClipQuant,
-    NoisyQCFS,
-    SpikeSpec,
-    create_activation,
-    list_activations,
-    register_activation,
-)
-from .nn.network import SpikingNetwork, biases_off
-from .nn.neurons import (
     ConsistentIF,
     GroupNeuron,
     IFNeuron,
+    LIPool,
+    NoisyQCFS,
+    SpikeSpec,
+    SpikingNetwork,
     SpikingNeuron,
+    create_activation,
     create_neuron,
+    list_activations,
     list_neurons,
-    neurons,
+    register_activation,
     register_neuron,
     reset,
 )
-from .nn.pooling import LIPool
-from .simulation.activity import ActivityMonitor, ActivityReport, LayerActivity
-from .simulation.runner import (
-    LayerDiff,
-    Schedule,
-    SimulationResult,
-    activity,
-    compare,
-    run,
-    simulate,
-)
-from .training.loop import PRESETS, TrainConfig, train
+from .simulation import ActivityReport, Schedule, SimulationResult, activity, compare, run, simulate
+from .training import PRESETS, TrainConfig, train
 
 __version__ = VERSION
 
+# The verbs and core types. Everything else is public one import deeper, in its wing
+# (`ann2snn.conversion.fold_bn`, `ann2snn.simulation.ActivityMonitor`, ...).
 __all__ = [
+    # the workflow
     "prepare",
-    "is_prepared",
-    "init_thresholds",
-    "SpikeSpec",
-    "register_neuron",
-    "PASSES",
-    "PassContext",
-    "conversion_passes",
-    "QCFS",
-    "NoisyQCFS",
-    "ClipQuant",
-    "create_activation",
-    "list_activations",
-    "register_activation",
-    "convert",
     "check",
-    "fold_bn",
-    "ConversionError",
-    "SupportReport",
-    "SpikingNetwork",
-    "biases_off",
-    "SpikingNeuron",
-    "IFNeuron",
-    "GroupNeuron",
-    "ConsistentIF",
-    "create_neuron",
-    "list_neurons",
-    "neurons",
-    "reset",
-    "LIPool",
-    "Schedule",
-    "SimulationResult",
-    "LayerDiff",
+    "convert",
     "simulate",
-    "activity",
-    "ActivityReport",
-    "ActivityMonitor",
-    "LayerActivity",
     "run",
     "compare",
-    "load",
-    "load_record",
-    "save_checkpoint",
-    "CheckpointError",
-    "create_loaders",
-    "list_datasets",
-    "DatasetNotFoundError",
-    "create_model",
-    "list_models",
-    "register_model",
+    "activity",
+    "calibrate",
     "calibrate_noise",
     "binarize",
     "export_nir",
     "import_nir",
-    "NIRExportError",
     "export_onnx",
     "export_program",
-    "Unrolled",
-    "is_binarized",
-    "SpikeScale",
-    "MemberExpand",
-    "MemberSum",
-    "calibrate",
-    "CalibrationLog",
-    "CALIBRATION_METHODS",
-    "NoiseCalibration",
     "train",
+    "load",
+    "save_checkpoint",
+    "reset",
+    # building blocks
+    "QCFS",
+    "NoisyQCFS",
+    "ClipQuant",
+    "SpikeSpec",
+    "SpikingNeuron",
+    "IFNeuron",
+    "GroupNeuron",
+    "ConsistentIF",
+    "LIPool",
+    "SpikingNetwork",
+    "Schedule",
+    "SimulationResult",
+    "ActivityReport",
+    "SupportReport",
     "TrainConfig",
     "PRESETS",
+    # registries
+    "create_activation",
+    "list_activations",
+    "register_activation",
+    "create_neuron",
+    "list_neurons",
+    "register_neuron",
+    "create_model",
+    "list_models",
+    "register_model",
+    "create_loaders",
+    "list_datasets",
+    # errors
+    "ConversionError",
+    "CheckpointError",
+    "DatasetNotFoundError",
+    "NIRExportError",
     "__version__",
 ]
+
+# Names that lived at the top before the package had wings: still importable from here,
+# their home is the wing named.
+_MOVED = {
+    "is_prepared": "conversion", "init_thresholds": "conversion", "fold_bn": "conversion",
+    "PASSES": "conversion", "PassContext": "conversion", "conversion_passes": "conversion",
+    "biases_off": "nn", "neurons": "nn",
+    "LayerDiff": "simulation", "ActivityMonitor": "simulation", "LayerActivity": "simulation",
+    "CALIBRATION_METHODS": "calibration", "CalibrationLog": "calibration",
+    "NoiseCalibration": "calibration",
+    "Unrolled": "deploy", "is_binarized": "deploy", "SpikeScale": "deploy",
+    "MemberExpand": "deploy", "MemberSum": "deploy",
+    "load_record": "checkpoint",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,7 +54,7 @@ from ann2snn.calibration.noise import nq_epoch_hook
 from ann2snn.data import DatasetNotFoundError, create_loaders
 from ann2snn.data.images import InMemoryLoader
 from ann2snn.report import environment, write_json
-from ann2snn.simulation.runner import default_max_fold
+from ann2snn.simulation import default_max_fold
 
 NQ_SIGMA = 0.25  # a: every NQ layer trains with this noise σ (typical calibrated values 0.1–0.5)
 TARGETS = {"a": ("<=", 1.15), "b": (">=", 0.95), "c": ("<=", 0.15), "e": ("<=", 0.33)}

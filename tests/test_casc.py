@@ -23,7 +23,7 @@ from ann2snn import (
     simulate,
 )
 from ann2snn.nn.network import biases_off
-from ann2snn.simulation.runner import Phase, run_schedule
+from ann2snn.simulation import Phase, run_schedule
 
 # ============================================================================ item 13: ClipQuant
 

@@ -30,7 +30,7 @@ from ann2snn.detection.head import (  # noqa: E402
     yolo_loss,
 )
 from ann2snn.models import create_model  # noqa: E402
-from ann2snn.simulation.runner import run  # noqa: E402
+from ann2snn.simulation import run  # noqa: E402
 
 SPEC = YoloSpec(num_classes=3, stride=8, anchors=((8.0, 8.0), (16.0, 32.0)))
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ann2snn import QCFS, IFNeuron, NoisyQCFS, convert, load, load_record, simulate
 from ann2snn.calibration.noise import calibrate_noise, noisy_layers, nq_epoch_hook, set_noise
-from ann2snn.simulation.runner import run
+from ann2snn.simulation import run
 from ann2snn.training.loop import TrainConfig
 
 

@@ -62,7 +62,7 @@ def test_folded_use_matches_single_step(geometry):
     ref = torch.stack([single(x) for x in xs])
 
     folded = LIPool(**geometry)
-    folded._fold = steps
+    folded.folded_steps = steps
     out = folded(xs.flatten(0, 1)).unflatten(0, (steps, batch))
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     _assert_cumulative_max(xs, out, geometry)

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..conversion.converter import convert
 from ..nn.activations import NoisyQCFS
 from ..nn.network import device_of
-from ..simulation.runner import Schedule, default_max_fold, run_schedule
+from ..simulation import Schedule, ann_activations, spike_rates
 
 __all__ = ["NoiseCalibration", "calibrate_noise", "noisy_layers", "set_noise"]
 
@@ -90,39 +90,19 @@ def calibrate_noise(
         snn = snn.to(device)
     dev = device_of(snn)
     layers = list(snn.spiking_layers())
-    acts: dict[str, Tensor] = {}
-
-    def grab(name: str):
-        def hook(_m, _i, out):
-            acts[name] = out.float()
-
-        return hook
-
     var_sum = {name: 0.0 for name, _ in layers}
     batches, correct, images = 0, 0, 0
     for i, (x, y) in enumerate(data):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(dev), y.to(dev)
-        # ANN pass (noise off: eval mode): q(z_l) per layer, [B, ...].
-        handles = [n.register_forward_hook(grab(name)) for name, n in layers]
-        try:
-            snn.ann_forward(x)
-        finally:
-            for h in handles:
-                h.remove()
-        # SNN pass over T_n steps (folded into the batch as far as `default_max_fold`
-        # allows); each neuron sums what it emits.
-        snn.reset()
-        for _, n in layers:
-            n.record = True
-        chunks = run_schedule(snn, x, Schedule(steps), default_max_fold(dev))
-        out = sum(o.float().sum(0) for o in chunks)  # [B, classes]
-        for name, n in layers:
-            gap = acts[name] - n.recorded.float() / steps
+        # ANN pass (noise off: eval mode): q(z_l) per layer, [B, ...]; SNN pass over T_n
+        # steps: each layer's mean emitted value, [B, ...].
+        acts, _ = ann_activations(snn, x)
+        rates, out = spike_rates(snn, x, Schedule(steps))  # out: [B, classes]
+        for name, _ in layers:
+            gap = acts[name] - rates[name]
             var_sum[name] += float(gap.var()) if gap.numel() > 1 else 0.0
-            n.record = False
-        snn.reset()
         correct += int((out.argmax(-1) == y).sum())
         images += y.shape[0]
         batches += 1

@@ -38,7 +38,7 @@ from .._util import positive_int
 from ..conversion.thresholds import iter_inputs
 from ..nn.network import SpikingNetwork, device_of, eval_mode
 from ..nn.neurons import SpikingNeuron
-from ..simulation.runner import Schedule, default_max_fold, run_schedule
+from ..simulation import Schedule, ann_activations, default_max_fold, spike_rates
 
 __all__ = ["calibrate", "layer_gaps", "CALIBRATION_METHODS", "CalibrationLog"]
 
@@ -113,51 +113,30 @@ class _Reference:
         self.means: list[dict[str, Tensor]] = []  # per batch: layer → E[a] per channel
         self.outputs: list[Tensor] = []
         self.ranks: dict[str, int] = {}
-        layers = dict(ref.spiking_layers())
+        thresholds = {name: n.threshold for name, n in ref.spiking_layers()}
         for x in inputs:
-            got: dict[str, Tensor] = {}
-            handles = [n.register_forward_hook(self._grab(got, name, n.threshold))
-                       for name, n in layers.items()]  # fmt: skip
-            try:
-                self.outputs.append(ref.ann_forward(x).float())  # [B, out...]
-            finally:
-                for h in handles:
-                    h.remove()
-            self.means.append(got)
-
-    def _grab(self, got: dict[str, Tensor], name: str, theta: Tensor):
-        """Forward hook: E[clip(a, 0, θ)] per channel of one layer's ANN activation."""
-
-        def hook(module, args, out: Tensor) -> None:
-            got[name] = _channel_mean(torch.minimum(out.detach().float().clamp_min(0), theta))
-            self.ranks[name] = out.dim()
-
-        return hook
+            acts, out = ann_activations(ref, x)
+            self.outputs.append(out)  # [B, out...]
+            self.means.append({
+                name: _channel_mean(torch.minimum(a.clamp_min(0), thresholds[name]))
+                for name, a in acts.items()
+            })  # fmt: skip
+            self.ranks.update({name: a.dim() for name, a in acts.items()})
 
 
 def _measure(reference: _Reference, net: SpikingNetwork, inputs: list[Tensor],
              schedule: Schedule, max_fold: int) -> tuple[dict[str, Tensor], float]:  # fmt: skip
-    """One T-step simulation of ``net`` per batch, every layer recorded at once: per layer
+    """One T-step simulation of ``net`` per batch, every layer observed at once: per layer
     E[a_ANN − r_SNN] per channel (``[C]``, averaged over the batches), and the squared
     error of the network's time-averaged output to the ANN's (mean over elements)."""
-    layers = list(net.spiking_layers())
-    gaps: dict[str, Tensor] = {name: 0 for name, _ in layers}
+    gaps: dict[str, Tensor] = {}
     mse = 0.0
     for x, ann_means, ann_out in zip(inputs, reference.means, reference.outputs):
-        net.reset()
-        for _, n in layers:
-            n.record = True
-        try:
-            # The readout: the network's outputs summed over every step, per wake step.
-            snn_out = sum(o.float().sum(0) for o in run_schedule(net, x, schedule, max_fold))
-            mse += float((ann_out - snn_out / schedule.wake).square().mean())
-            for name, n in layers:
-                rate = n.recorded.float() / schedule.wake  # [B, C, ...] mean emitted value
-                gaps[name] = gaps[name] + (ann_means[name] - _channel_mean(rate))
-        finally:
-            for _, n in layers:
-                n.record = False
-            net.reset()
+        # The readout: the network's outputs summed over every step, per wake step.
+        rates, snn_out = spike_rates(net, x, schedule, max_fold)
+        mse += float((ann_out - snn_out).square().mean())
+        for name, rate in rates.items():  # rate: [B, C, ...] mean emitted value
+            gaps[name] = gaps.get(name, 0) + (ann_means[name] - _channel_mean(rate))
     return {k: v / len(inputs) for k, v in gaps.items()}, mse / len(inputs)
 
 

@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..nn.activations import is_quantized_activation
-from ..nn.neurons import is_stateful_module
+from ..nn.state import is_stateful_module
 
 __all__ = ["capture", "install", "set_submodule", "NotTraceableError"]
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.activations import is_quantized_activation
-from ..nn.neurons import is_stateful_module
+from ..nn.state import is_stateful_module
 
 __all__ = ["Rule", "Match", "RULES", "classify", "QUANTIZED", "RELU", "MAXPOOL", "STATELESS",
            "SPIKING", "UNSUPPORTED", "ACTIVATION_KINDS", "pool_arguments", "lipool_geometry",

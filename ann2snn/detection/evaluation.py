@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.network import SpikingNetwork, device_of, eval_mode
-from ..simulation.runner import Schedule, default_max_fold, run_schedule
+from ..simulation import Schedule, default_max_fold, run_schedule
 from .head import YoloSpec, decode, detector_spec, targets_to_list, yolo_loss
 
 __all__ = ["MapScorer", "evaluate_detector", "simulate_detection", "DetectionResult", "ann_map",

@@ -26,9 +26,9 @@ from .neurons import (
     neuron_class,
     neurons,
     register_neuron,
-    reset,
 )
 from .pooling import LIPool
+from .state import Stateful, is_stateful_module, reset
 
 __all__ = [
     "QCFS",
@@ -49,6 +49,8 @@ __all__ = [
     "neuron_class",
     "neurons",
     "reset",
+    "Stateful",
+    "is_stateful_module",
     "LIPool",
     "SpikingNetwork",
     "biases_off",

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .neurons import SpikingNeuron, is_stateful_module, reset
+from .neurons import SpikingNeuron
+from .state import is_stateful_module, reset
 
 __all__ = ["SpikingNetwork", "biases_off", "device_of", "eval_mode"]
 
@@ -79,7 +80,7 @@ class SpikingNetwork(nn.Module):
         steps, batch = x_seq.shape[0], x_seq.shape[1]
         stateful = _stateful(self.body)
         for m in stateful:
-            m._fold = steps
+            m.folded_steps = steps
         try:
             out = self.body(x_seq.reshape(steps * batch, *x_seq.shape[2:]))
         except RuntimeError as e:
@@ -92,7 +93,7 @@ class SpikingNetwork(nn.Module):
             ) from e
         finally:
             for m in stateful:
-                m._fold = None
+                m.folded_steps = None
         return out.unflatten(0, (steps, batch))
 
     def step(self, x: Tensor) -> Tensor:
@@ -110,17 +111,17 @@ class SpikingNetwork(nn.Module):
         """Within the block, neurons behave as their source ANN activations."""
         stateful = _stateful(self.body)
         for m in stateful:
-            m._ann_mode = True
+            m.ann_mode = True
         try:
             yield
         finally:
             for m in stateful:
-                m._ann_mode = False
+                m.ann_mode = False
 
     @contextmanager
     def sleeping(self) -> Iterator[None]:
         """Input-free sleep phase (CASC): biases off and neurons' wake counters frozen."""
-        flagged = [m for m in self.body.modules() if hasattr(m, "sleeping")]
+        flagged = [m for m in _stateful(self.body) if hasattr(m, "sleeping")]
         for m in flagged:
             m.sleeping = True
         try:

@@ -9,7 +9,8 @@ how many "spike quanta" they emit per step (the fire part of each `kernel`):
 
 Shapes: single-step input is ``[B, ...]``; multi-step input is time-major ``[T, B, ...]``.
 Inside a converted network (`ann2snn.convert`) stateless layers fold T into the batch,
-so neurons receive ``[T·B, ...]`` and are told T by the network (`_fold`).
+so neurons receive ``[T·B, ...]`` and are told T by the network (``folded_steps``, the
+`ann2snn.nn.state.Stateful` contract).
 
 The membrane stays fp32 whatever the layers' dtype (bf16/fp16 layers would otherwise
 lose the small residues that carry information across steps).
@@ -29,19 +30,18 @@ from torch import Tensor, nn
 
 from .._util import finite_number, positive_int
 from ._compile import compile_unavailable, compiled_kernel, flat_views
+from .state import Stateful
 
 __all__ = [
     "SpikingNeuron",
     "IFNeuron",
     "GroupNeuron",
     "ConsistentIF",
-    "reset",
     "neurons",
     "create_neuron",
     "list_neurons",
     "register_neuron",
     "neuron_class",
-    "is_stateful_module",
     "compile_unavailable",
 ]
 
@@ -57,7 +57,7 @@ def _spec_of(act: nn.Module):
     return spec()
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(Stateful):
     """Skeleton: ``step(x) = charge → fire → reset → emit``.
 
     Subclasses implement `kernel` (charge the membrane, count the spike quanta per
@@ -87,31 +87,21 @@ class SpikingNeuron(nn.Module):
         step_mode: str = "s",
         compiled: bool = False,
     ):
-        super().__init__()
+        super().__init__(step_mode)
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
         if threshold.numel() != 1 or not bool(threshold > 0) or not bool(threshold.isfinite()):
             raise ValueError(
                 f"threshold must be a positive finite scalar, got {threshold.tolist()}"
             )
         finite_number("v_init", v_init)
-        if step_mode not in ("s", "m"):
-            raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
         self.register_buffer("threshold", threshold.reshape(()))
         # Per-channel shift of v(0) set by post-conversion calibration (`ann2snn.calibrate`),
         # shaped to broadcast over one step's input: [C] for [B, C], [C, 1, 1] for
         # [B, C, H, W]; None (no buffer in the state dict) until then.
         self.register_buffer("v_offset", None)
         self.v_init = float(v_init)
-        self.step_mode = step_mode
-        # T of the folded [T·B, ...] input, set by the enclosing network for one call.
-        self._fold: int | None = None
         # Inside a network the ANN activation this neuron replaced; used for the ANN pass.
         self.ann_activation: nn.Module | None = None
-        self._ann_mode = False
-        # Optional recording: the sum of emitted values since the last reset (diagnostics,
-        # noise calibration divide it by the wake steps).
-        self.record = False
-        self.recorded: Tensor | None = None
         self.v: Tensor | None = None
         # Deploy form (`ann2snn.binarize`): emit spike counts (0/1, CIF ±1) instead of
         # count·quantum; the value is restored by a scale after the neuron.
@@ -224,8 +214,6 @@ class SpikingNeuron(nn.Module):
         self.end_step()
         if self.binary:  # count·quantum → count (whole numbers: rounding removes ulps)
             emitted.div_(self.quantum).round_()
-        if self.record:
-            self.recorded = emitted.clone() if self.recorded is None else self.recorded + emitted
         if out is None:
             return emitted.to(x.dtype)
         if not fp32_out:
@@ -239,25 +227,20 @@ class SpikingNeuron(nn.Module):
             self.step(x_seq[t], out=out[t])
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self._ann_mode:
-            if self.binary:
-                raise RuntimeError(
-                    "a binarized network has no ANN pass (its spike values live in the "
-                    "weights); compare or calibrate the network before binarize"
-                )
-            return self.ann_activation(x)
-        if self._fold is not None:
-            # Folded [T·B, ...] from a network whose stateless layers batch over time.
-            return self.multi_step(x.unflatten(0, (self._fold, -1))).flatten(0, 1)
-        if self.step_mode == "m":
-            return self.multi_step(x)
-        return self.step(x)
+    def ann_forward(self, x: Tensor) -> Tensor:
+        """The ANN activation this neuron replaced (set inside a converted network)."""
+        if self.binary:
+            raise RuntimeError(
+                "a binarized network has no ANN pass (its spike values live in the "
+                "weights); compare or calibrate the network before binarize"
+            )
+        if self.ann_activation is None:
+            raise RuntimeError(f"{type(self).__name__} has no ANN activation outside a network")
+        return self.ann_activation(x)
 
     def reset(self) -> None:
         """Forget the state; the next step starts from v(0)."""
         self.v = None
-        self.recorded = None
 
     def extra_repr(self) -> str:
         offset = "" if self.v_offset is None else f", v_offset={tuple(self.v_offset.shape)}"
@@ -380,7 +363,6 @@ class ConsistentIF(SpikingNeuron):
         super().__init__(threshold, v_init=v_init, step_mode=step_mode, compiled=compiled)
         self.gamma = positive_int("gamma", gamma)
         self.negative_spikes = bool(negative_spikes)
-        self.sleeping = False
         self.count: Tensor | None = None  # N, same shape as v
         self._spare: Tensor | None = None  # buffer for the next N
         self.wake_steps = 0  # t (a scalar: every element sees the same wake steps)
@@ -504,17 +486,3 @@ def neurons(net: nn.Module) -> Iterator[tuple[str, SpikingNeuron]]:
     for name, m in net.named_modules():
         if isinstance(m, SpikingNeuron):
             yield name, m
-
-
-def is_stateful_module(m: nn.Module) -> bool:
-    """Spiking neurons and other modules with state across steps (``is_stateful = True``,
-    e.g. `ann2snn.LIPool`): what `reset` resets and graph capture keeps as one node."""
-    return isinstance(m, SpikingNeuron) or bool(getattr(m, "is_stateful", False))
-
-
-def reset(net: nn.Module) -> nn.Module:
-    """Reset the state of every stateful module in ``net`` (neurons, spiking pools)."""
-    for m in net.modules():
-        if is_stateful_module(m):
-            m.reset()
-    return net

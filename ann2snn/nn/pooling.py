@@ -11,17 +11,16 @@ the window" for non-overlapping windows, and stays correct for overlapping ones.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .state import Stateful
 
 __all__ = ["LIPool"]
 
 
-class LIPool(nn.Module):
+class LIPool(Stateful):
     """Lateral-inhibition max-pool for spiking networks; a drop-in for ``nn.MaxPool2d``."""
-
-    is_stateful = True
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
@@ -30,8 +29,6 @@ class LIPool(nn.Module):
         self.padding = padding
         self.dilation = dilation
         self.ceil_mode = ceil_mode
-        self._fold: int | None = None
-        self._ann_mode = False
         self.sum_in: Tensor | None = None
         self.sum_out: Tensor | None = None
 
@@ -40,7 +37,8 @@ class LIPool(nn.Module):
         """LIPool with the geometry of ``pool``."""
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
 
-    def _pool(self, x: Tensor) -> Tensor:
+    def ann_forward(self, x: Tensor) -> Tensor:
+        """The max-pool this module stands for."""
         return F.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
         )
@@ -48,18 +46,10 @@ class LIPool(nn.Module):
     def step(self, x: Tensor) -> Tensor:
         """One step: ``x`` ``[B, C, H, W]`` → ``[B, C, H', W']``."""
         s = x.float() if self.sum_in is None else self.sum_in + x.float()
-        pooled = self._pool(s)
+        pooled = self.ann_forward(s)
         out = pooled if self.sum_out is None else pooled - self.sum_out
         self.sum_in, self.sum_out = s, pooled
         return out.to(x.dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._ann_mode:
-            return self._pool(x)
-        if self._fold is not None:
-            xs = x.unflatten(0, (self._fold, -1))  # [T, B, C, H, W]
-            return torch.stack([self.step(t) for t in xs.unbind(0)]).flatten(0, 1)
-        return self.step(x)
 
     def reset(self) -> None:
         self.sum_in = None

@@ -179,12 +179,11 @@ class ActivityMonitor:
         fan, quantum = self.fanout[name], self.quantum[name]
 
         def hook(module: Any, _inp: Any, out: Tensor) -> None:
-            if module._ann_mode:
+            if module.ann_mode:
                 return
-            steps = module._fold or 1
             # [T·B, ...] → Σ over the batch of |emitted| per step and element, [T, ...]: one
             # pass over the big tensor (an L1 norm), the rest on the small reduced one.
-            folded = out.detach().unflatten(0, (steps, -1))
+            folded = module.unfold(out.detach())
             events = torch.linalg.vector_norm(folded, ord=1, dim=1, dtype=torch.float32)
             events = events.div_(quantum).round_()  # a sum of whole spike counts
             self._batch[name].append(events.flatten(1).sum(1))  # [T]

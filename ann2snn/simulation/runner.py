@@ -17,68 +17,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._util import finite_input, positive_int
 from ..nn.network import SpikingNetwork, device_of, eval_mode
 from .activity import ActivityMonitor, ActivityReport
+from .schedule import Schedule, check_snn, default_max_fold, run_schedule
 
-__all__ = ["Schedule", "Phase", "SimulationResult", "LayerDiff", "simulate", "run", "compare",
-           "activity", "run_schedule", "default_max_fold"]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A run of ``steps`` steps that are either "wake" (input, biases) or "sleep" (neither)."""
-
-    kind: str
-    steps: int
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """T wake steps; after every ``margin`` wake steps a sleep phase of ``sleep`` steps.
-
-    ``Schedule(8)`` is plain simulation; ``Schedule(8, sleep=56)`` is CASC's default (one
-    sleep phase of 56 steps after the 8 wake steps).
-    """
-
-    wake: int
-    sleep: int = 0
-    margin: int | None = None
-
-    def __post_init__(self) -> None:
-        positive_int("T (wake steps)", self.wake)
-        positive_int("sleep", self.sleep, minimum=0)
-        if self.margin is not None:
-            positive_int("margin", self.margin)
-
-    def phases(self) -> list[Phase]:
-        """The phases in order, e.g. [wake 4, sleep 8, wake 4, sleep 8]."""
-        if self.sleep == 0:
-            return [Phase("wake", self.wake)]
-        margin = self.margin or self.wake
-        out: list[Phase] = []
-        done = 0
-        while done < self.wake:
-            n = min(margin, self.wake - done)
-            out += [Phase("wake", n), Phase("sleep", self.sleep)]
-            done += n
-        return out
-
-    @property
-    def total_steps(self) -> int:
-        return sum(p.steps for p in self.phases())
-
-    def step_index(self) -> tuple[list[int], list[int]]:
-        """(wake steps so far, total steps so far) after each step of the schedule."""
-        wake, total, w = [], [], 0
-        for p in self.phases():
-            for _ in range(p.steps):
-                w += p.kind == "wake"
-                wake.append(w)
-                total.append(len(total) + 1)
-        return wake, total
+__all__ = ["SimulationResult", "simulate", "run", "activity"]
 
 
 @dataclass
@@ -118,36 +64,6 @@ def _batches(data: Any) -> Iterator[tuple[Tensor, Tensor]]:
     yield from data
 
 
-def default_max_fold(device: torch.device) -> int:
-    """Most samples (steps × batch) per forward of the stateless layers.
-
-    On a GPU a big fold fills the device (16384). On a CPU it does not pay: the folded
-    activations spill the caches, and one step at a time ran 1.6–1.7× faster (cnn and
-    resnet20, batch 128, T = 16: 128 against 2048, `benchmarks/speed.py --max-fold`).
-    """
-    return 16384 if device.type == "cuda" else 128
-
-
-def _chunk_steps(batch: int, max_fold: int) -> int:
-    # Stateless layers process [steps·B, ...] at once; cap the fold to bound memory.
-    return max(1, max_fold // max(batch, 1))
-
-
-def run_schedule(
-    snn: SpikingNetwork, x: Tensor, schedule: Schedule, max_fold: int
-) -> Iterator[Tensor]:
-    """Yield the network's per-step outputs ``[n, B, out...]`` chunk by chunk."""
-    chunk = _chunk_steps(x.shape[0], max_fold)
-    for phase in schedule.phases():
-        for start in range(0, phase.steps, chunk):
-            n = min(chunk, phase.steps - start)
-            if phase.kind == "wake":
-                yield snn(x.unsqueeze(0).expand(n, *x.shape))
-            else:
-                with snn.sleeping():
-                    yield snn(torch.zeros((n, *x.shape), dtype=x.dtype, device=x.device))
-
-
 def _refuse_non_finite(bad_inputs: list[Tensor], bad_outputs: list[tuple[int, Tensor]]) -> None:
     """Raise for the first batch whose input, or else output, held NaN/inf (one sync)."""
     if bad_inputs and bool(torch.stack(bad_inputs).any()):
@@ -165,13 +81,6 @@ def _refuse_non_finite(bad_inputs: list[Tensor], bad_outputs: list[tuple[int, Te
         )
 
 
-def _check_snn(snn: Any) -> None:
-    if not isinstance(snn, SpikingNetwork):
-        raise TypeError(
-            f"expected a SpikingNetwork from ann2snn.convert(model), got {type(snn).__name__}"
-        )
-
-
 @torch.no_grad()
 def run(
     snn: SpikingNetwork,
@@ -186,7 +95,7 @@ def run(
     State is reset first. With a sleep schedule the output accumulated over wake *and*
     sleep steps is divided by the T wake steps, so it is comparable with the ANN.
     """
-    _check_snn(snn)
+    check_snn(snn)
     schedule = Schedule(T, sleep, margin)
     finite_input(x, "run")
     device = device_of(snn)
@@ -232,7 +141,7 @@ def simulate(
             ``images``); counting touches every neuron output once more, so a few batches
             estimate the per-image cost at a fraction of the time. Default: all.
     """
-    _check_snn(snn)
+    check_snn(snn)
     schedule = Schedule(T, sleep, margin)
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")  # fmt: skip
@@ -328,78 +237,3 @@ def _progress(enabled: bool, total: int, desc: str):
     from .._progress import ProgressBar
 
     return ProgressBar(total=total, desc=desc, enabled=enabled)
-
-
-@dataclass
-class LayerDiff:
-    """How far one layer's SNN rate is from its ANN activation."""
-
-    name: str
-    mean_abs: float
-    max_abs: float
-
-    def __str__(self) -> str:
-        return f"{self.name:<28} mean |Δ| {self.mean_abs:.4g}   max |Δ| {self.max_abs:.4g}"
-
-
-@torch.no_grad()
-def compare(
-    ann: nn.Module,
-    snn: SpikingNetwork,
-    x: Tensor,
-    T: int,
-    sleep: int = 0,
-    margin: int | None = None,
-) -> list[LayerDiff]:
-    """Per converted layer (execution order) and for the output: mean and max of
-    |SNN mean output over T wake steps − ANN activation|, on one batch ``x``.
-
-    The ANN activations come from ``ann`` evaluated through the converted graph in ANN
-    mode (identical to ``ann(x)``; checked on the output).
-    """
-    _check_snn(snn)
-    finite_input(x, "compare")
-    with eval_mode(ann, snn):
-        return _compare(ann, snn, x, Schedule(T, sleep, margin))
-
-
-def _compare(ann: nn.Module, snn: SpikingNetwork, x: Tensor, schedule: Schedule) -> list[LayerDiff]:
-    T = schedule.wake
-    device = device_of(snn)
-    x = x.to(device)
-    layers = list(snn.spiking_layers())
-    ann_acts: dict[str, Tensor] = {}
-    handles = [
-        n.register_forward_hook(lambda m, i, o, name=name: ann_acts.__setitem__(name, o.float()))
-        for name, n in layers
-    ]
-    try:
-        ann_out = snn.ann_forward(x).float()
-    finally:
-        for h in handles:
-            h.remove()
-    ref = ann.to(device)(x).float()
-    if not torch.allclose(ref, ann_out, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
-        raise ValueError("ann and snn disagree in ANN mode: was snn converted from this ann?")
-    for _, n in layers:
-        n.record = True
-    snn.reset()
-    try:
-        # One run of the schedule: accumulate the output, and each neuron its emitted sum.
-        total = sum(
-            out.float().sum(0) for out in run_schedule(snn, x, schedule, default_max_fold(device))
-        )
-        snn_out = total / T
-        rates = {name: n.recorded.float() / T for name, n in layers}
-    finally:
-        for _, n in layers:
-            n.record = False
-        snn.reset()
-    diffs = [LayerDiff(name, *_abs_stats(rates[name] - ann_acts[name])) for name, _ in layers]
-    diffs.append(LayerDiff("output", *_abs_stats(snn_out - ann_out)))
-    return diffs
-
-
-def _abs_stats(d: Tensor) -> tuple[float, float]:
-    a = d.abs()
-    return float(a.mean()), float(a.max())
