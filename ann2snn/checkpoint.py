@@ -58,6 +58,7 @@ __all__ = [
     "load_resume_state",
     "record_digest",
     "clean_orphans",
+    "RunRecord",
 ]
 
 FORMAT = "ann2snn-checkpoint"
@@ -510,3 +511,73 @@ def load_resume_state(run_dir: str | os.PathLike) -> dict:
             f"{json_path}: the resume structure does not match its tensors ({e!r}); "
             "the pair is damaged — resume from a copy or start a new run"
         ) from e
+
+
+# ----------------------------------------------------------------------------- typed view
+
+
+class RunRecord:
+    """A typed view of a checkpoint's record: each field's fallbacks written once.
+
+    Records written by older versions name some facts in different places (the dataset
+    at the top or in ``recipe``, the activation in ``model_kwargs`` or at the top); the
+    properties below read them all, so no caller re-derives them.
+    """
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.raw = dict(record)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> RunRecord:
+        """The record of a model returned by `load`."""
+        record = getattr(model, "ann2snn_record", None)
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{type(model).__name__} carries no run record; load it with ann2snn.load(path)"
+            )
+        return cls(record)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return self.raw.get("model_kwargs") or {}
+
+    @property
+    def model(self) -> str | None:
+        return self.raw.get("model")
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the run trained on (None: not written by ``ann2snn train``)."""
+        return (self.raw.get("recipe") or {}).get("dataset") or self.raw.get("dataset")
+
+    @property
+    def act(self) -> str | None:
+        """The ANN activation trained (``qcfs``, ``nq``, ``clipq``, ``relu``, ...)."""
+        return self.model_kwargs.get("act") or self.raw.get("activation")
+
+    @property
+    def levels(self) -> int | None:
+        """The activation's quantization levels L."""
+        return self.model_kwargs.get("levels") or self.raw.get("levels")
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` or ``"detection"``."""
+        return self.raw.get("task") or "classification"
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) of one input image when the record holds it."""
+        size, channels = self.model_kwargs.get("image_size"), self.model_kwargs.get("in_channels")
+        if not (size and channels):
+            return None
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(channels), *hw)
+
+    def summary(self) -> dict[str, Any]:
+        """The fields a report repeats about the run it evaluates."""
+        keys = ("model", "model_kwargs", "epoch", "metrics", "recipe", "task")
+        return {k: self.raw.get(k) for k in keys if k in self.raw or k != "task"}

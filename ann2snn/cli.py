@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from ._util import resolve_device
-from .calibration.post_conversion import CALIBRATION_METHODS
-from .nn.activations import list_activations
-from .nn.neurons import list_neurons
-from .training.config import PRESETS
+from .calibration import CALIBRATION_METHODS
+from .data import list_datasets
+from .models import list_models
+from .nn import list_activations, list_neurons
+from .training import PRESETS
 
 __all__ = ["main", "build_parser"]
 
@@ -75,23 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_export, _add_check, _add_demo):
+        add(sub)
+    return p
 
+
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
                        description="Train a source ANN; checkpoints every epoch into --out.")  # fmt: skip
     t.add_argument(
         "--model",
         required=True,
-        help="a zoo model (cnn, vgg16, resnet18, resnet20, resnet34; yolo_tiny for "
-        "detection), torchvision:NAME, "
-        "timm:NAME or package.module:function (prepared with --act/--levels/--pool)",
+        help=f"a zoo model ({', '.join(list_models())}), torchvision:NAME, timm:NAME or "
+        "package.module:function (prepared with --act/--levels/--pool)",
     )
     t.add_argument(
         "--init",
         help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from",
     )
-    t.add_argument("--dataset", required=True,
-                   help="classification: fashion-mnist, cifar10, cifar100, imagenet; "
-                   "detection: fashion-scenes, voc, coco")  # fmt: skip
+    t.add_argument("--dataset", required=True, help=f"one of {', '.join(list_datasets())}")
     t.add_argument("--task", choices=["classification", "detection"],
                    help="checked against --dataset (the dataset decides the task)")  # fmt: skip
     t.add_argument(
@@ -144,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument("--no-progress", action="store_true")
 
+
+def _add_eval(sub: Any) -> None:
     e = sub.add_parser("eval", help="convert a checkpoint and simulate the SNN over T",
                        description="Convert a trained checkpoint and report SNN accuracy per time step.")  # fmt: skip
     e.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
@@ -203,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="print accuracy per step as CSV")
     e.add_argument("--no-progress", action="store_true")
 
+
+def _add_export(sub: Any) -> None:
     x = sub.add_parser("export", help="write a converted run as NIR, ONNX or torch.export",
                        description="Convert a trained run and write the SNN for other tools.")  # fmt: skip
     x.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
@@ -220,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="file to write (.nir, .onnx, .pt2)")
     x.add_argument("--data-dir")
 
+
+def _add_check(sub: Any) -> None:
     c = sub.add_parser("check", help="support report: every op as supported or unsupported",
                        description="List every op of a model and whether it converts.")  # fmt: skip
     c.add_argument("target", help="a run folder/checkpoint, or a model name (cnn, vgg16, ...)")
@@ -228,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pool", default="avg", choices=["avg", "max"])
     c.add_argument("--json", action="store_true")
 
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="Fashion-MNIST end to end: train, convert, simulate every method",
                        description="Train a small CNN per method on Fashion-MNIST and print the accuracy-vs-T table.")  # fmt: skip
     d.add_argument("--task", choices=["classification", "detection"], default="classification",
@@ -243,28 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit-test", type=POS)
     d.add_argument("--no-activity", action="store_true", help="skip the SynOps/energy table")
     d.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .data.detection import DETECTION_DATASETS, is_detection_dataset
-    from .training.loop import TrainConfig, train
+    from .data import DETECTION_DATASETS, dataset_task
+    from .methods import epoch_hook
+    from .training import TrainConfig, train
 
-    if args.task and (args.task == "detection") != is_detection_dataset(args.dataset):
+    if args.task and args.task != dataset_task(args.dataset):
         raise ValueError(
             f"--task {args.task} does not match --dataset {args.dataset!r}; detection datasets "
             f"are {', '.join(DETECTION_DATASETS)}, every other dataset is classification"
         )
-    mapping = {
-        "act": args.act, "levels": args.levels, "pool": args.pool, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "seed": args.seed, "device": args.device, "data_dir": args.data_dir, "out_dir": args.out,
-        "limit_train": args.limit_train, "limit_test": args.limit_test,
-        "autoaugment": args.autoaugment, "cutout": args.cutout, "init": args.init,
-        "download": args.download, "sync_bn": args.sync_bn,
-        "threshold_param": args.threshold_param,
-        "threshold_decay": None if args.threshold_decay is None else args.threshold_decay == "on",
-    }  # fmt: skip
+    # Flags named like TrainConfig fields map onto them; --out and --threshold-decay differ,
+    # and model, dataset, resume and progress are set below.
+    mapping = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
+    mapping.update(out_dir=args.out, progress=None, resume=None, model=None, dataset=None)
+    if args.threshold_decay is not None:
+        mapping["threshold_decay"] = args.threshold_decay == "on"
     overrides = {k: v for k, v in mapping.items() if v is not None}
     overrides.update(
         model=args.model, dataset=args.dataset, resume=args.resume, progress=not args.no_progress
@@ -274,15 +281,9 @@ def _train(args: argparse.Namespace) -> int:
         if args.preset
         else TrainConfig(**overrides)
     )
-    hooks = None
-    if cfg.act == "nq":
-        from .calibration.noise import nq_epoch_hook
-
-        batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
-        hooks = {
-            "on_epoch_end": nq_epoch_hook(steps=args.nq_steps, augment=args.nq_augment, **batches)
-        }
-    record = train(cfg, hooks=hooks)
+    batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
+    hook = epoch_hook(cfg.act, steps=args.nq_steps, augment=args.nq_augment, **batches)
+    record = train(cfg, hooks={"on_epoch_end": hook} if hook else None)
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
@@ -303,106 +304,37 @@ def _dtype(name: str):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
 
-    from .checkpoint import load
-    from .data import create_loaders
-    from .demo import evaluate_wake_sleep
-    from .report import (
-        ann_accuracy,
-        environment,
-        evaluate_snn,
-        format_cost_table,
-        format_table,
-        write_report,
-    )
-    from .training.distributed import ShardedLoader, rank_device, runtime_from_env
+    from .report import format_cost_table, format_table, write_report
+    from .runs import evaluate_run
 
-    device = resolve_device("--device", args.device)
-    # Under torchrun each rank simulates its share of the test set; counts are summed.
-    rt = runtime_from_env(device)
-    device = rank_device(device, rt)
-    model = load(args.checkpoint, map_location=device)
-    record = model.ann2snn_record
-    mk = record.get("model_kwargs", {})
-    dataset = record.get("recipe", {}).get("dataset") or record.get("dataset")
-    if dataset is None:
-        raise SystemExit(
-            "ann2snn eval: the checkpoint record names no dataset; it was not written by ann2snn train"
-        )
-    loaders = create_loaders(dataset, data_dir=args.data_dir, batch_size=args.batch_size, device=device,
-                             augment=False, limit_test=args.limit_test, download=args.download)  # fmt: skip
-    if args.T_max:
-        steps = list(range(1, args.T_max + 1))
-    else:
-        steps = args.T or [1, 2, 4, 8, 16, 32]
-    if record.get("task") == "detection":
-        return _eval_detection(args, model, record, loaders, steps)
-    progress = not args.no_progress and not (args.json or args.csv) and rt.is_primary
-    test = ShardedLoader(loaders.test, rt.rank, rt.world_size) if rt.distributed else loaders.test
-    ann_acc = ann_accuracy(model, test)
-    options: dict[str, Any] = {}
-    if args.tau is not None:
-        options["tau"] = args.tau
-    elif args.neuron == "gn":  # the label names τ; GN's default is the ANN's L
-        options["tau"] = mk.get("levels") or record.get("levels")
-    if args.compile_neurons:
-        options["compiled"] = True
-    if args.activity:
-        options["activity"] = True
-        options["activity_batches"] = args.activity_batches
-    calibration = loaders.val if mk.get("act", record.get("activation")) == "relu" else None
-    label = f"{mk.get('act', '?')}+{args.neuron}" + (
-        f" (tau={options['tau']})" if "tau" in options else ""
+    steps = list(range(1, args.T_max + 1)) if args.T_max else args.T
+    report = evaluate_run(
+        args.checkpoint, args.neuron, steps, sleep=args.sleep, margin=args.margin, tau=args.tau,
+        calibrate=args.calibrate, calib_T=args.calib_T, calib_batches=args.calib_batches,
+        activity=args.activity, activity_batches=args.activity_batches,
+        compiled=args.compile_neurons, dtype=_dtype(args.dtype), device=args.device,
+        data_dir=args.data_dir, batch_size=args.batch_size, limit_test=args.limit_test,
+        download=args.download, progress=not (args.no_progress or args.json or args.csv),
+    )  # fmt: skip
+    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
+        return 0
+    report["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
+    steps, row = report["steps"], report["rows"][0]
+    detection = report.get("metric") == "map50"
+    paths = write_report(
+        report, Path(args.out) if args.out else _run_folder(args.checkpoint), steps
     )
-    per_T = False
-    if args.calibrate:
-        if loaders.val is None:
-            raise SystemExit("ann2snn eval: --calibrate needs the validation split; this dataset has none")  # fmt: skip
-        options["post_calibration"] = {"method": args.calibrate, "data": loaders.val,
-                                       "batches": args.calib_batches}  # fmt: skip
-        if args.calib_T:
-            options["post_calibration"]["T"] = args.calib_T
-        per_T = args.calib_T is None and len(steps) > 1
-        label += f", {args.calibrate}-calibrated" + (
-            f" at T={args.calib_T}" if args.calib_T else ""
-        )
-    if (args.sleep and args.margin is None and len(steps) > 1) or per_T:
-        row = evaluate_wake_sleep(
-            model, test, steps, args.sleep, progress, label=label, neuron=args.neuron,
-            **options,
-        )  # fmt: skip
-    else:
-        row = evaluate_snn(model, test, args.neuron, T=max(steps), sleep=args.sleep, margin=args.margin,
-                           dtype=_dtype(args.dtype), progress=progress, label=label, calibration=calibration,
-                           **options)  # fmt: skip
-    row["ann_accuracy"] = ann_acc
-    if rt.distributed:
-        _sum_accuracies(row, test, rt)
-        if not rt.is_primary:
-            return 0
-    report = {
-        "title": f"{record.get('model')} on {dataset}: {label}",
-        "checkpoint": str(args.checkpoint),
-        "record": {
-            k: record.get(k) for k in ("model", "model_kwargs", "epoch", "metrics", "recipe")
-        },
-        "settings": {k: v for k, v in vars(args).items() if k != "func"},
-        "steps": steps,
-        "rows": [row],
-        "environment": environment(),
-    }
-    out = Path(args.out) if args.out else _run_folder(args.checkpoint)
-    paths = write_report(report, out, steps)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
-    elif args.csv:
-        w = csv.writer(sys.stdout)
-        cost = ["synops", "snn_macs", "energy_ratio"] if args.activity else []
-        w.writerow(["wake_steps", "total_steps", "accuracy", *cost])
-        for t in steps:
-            extra = [row[f"{c}_by_wake"].get(str(t)) for c in cost]
-            w.writerow([t, _total_steps(row, t), row["accuracy_by_wake"].get(str(t)), *extra])
+    elif args.csv and not detection:
+        _print_csv(row, steps, args.activity)
+    elif detection:
+        print("mAP@0.5 (%)\n" + format_table([row], steps, metric="map50"))
+        print("\nCOCO mAP@[.5:.95] (%)\n" + format_table([row], steps, metric="map"))
+        print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
     else:
         print(format_table([row], steps))
         if args.activity:
@@ -411,72 +343,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_detection(args: argparse.Namespace, model: Any, record: dict, loaders: Any,
-                    steps: list[int]) -> int:  # fmt: skip
-    """`ann2snn eval` on a detector: ANN and SNN mAP at every T, a table, JSON and a plot."""
-    from .detection.evaluation import ann_map, evaluate_detection_snn
-    from .detection.head import detector_spec
-    from .report import environment, format_table, write_report
-
-    unsupported = [f"--{n.replace('_', '-')}" for n in ("calibrate", "activity", "csv", "compile_neurons")
-                   if getattr(args, n)] + (["--dtype"] if args.dtype != "fp32" else [])  # fmt: skip
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)}: not available for detection runs (yet)")
-    mk = record.get("model_kwargs", {})
-    options: dict[str, Any] = {}
-    if args.tau is not None or args.neuron == "gn":
-        options["tau"] = args.tau or mk.get("levels") or record.get("levels")
-    label = f"{mk.get('act', '?')}+{args.neuron}" + (f" (tau={options['tau']})" if options else "")
-    row = evaluate_detection_snn(model, loaders.test, args.neuron, steps, args.sleep, args.margin,
-                                 label=label, **options)  # fmt: skip
-    ann = ann_map(model, loaders.test, detector_spec(model))
-    row["ann_map50"], row["ann_map"] = ann["map50"], ann["map"]
-    report = {
-        "title": f"{record.get('model')} on {record.get('dataset')}: {label}",
-        "metric": "map50",
-        "checkpoint": str(args.checkpoint),
-        "record": {
-            k: record.get(k)
-            for k in ("model", "model_kwargs", "epoch", "metrics", "recipe", "task")
-        },  # fmt: skip
-        "settings": {k: v for k, v in vars(args).items() if k != "func"},
-        "steps": steps,
-        "rows": [row],
-        "environment": environment(),
-    }
-    paths = write_report(
-        report, Path(args.out) if args.out else _run_folder(args.checkpoint), steps
-    )
-    if args.json:
-        json.dump(report, sys.stdout, indent=2, default=str)
-        print()
-    else:
-        print("mAP@0.5 (%)\n" + format_table([row], steps, metric="map50"))
-        print("\nCOCO mAP@[.5:.95] (%)\n" + format_table([row], steps, metric="map"))
-        print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
-    return 0
-
-
-def _sum_accuracies(row: dict[str, Any], shard: Any, rt: Any) -> None:
-    """Replace a rank's accuracies (fractions of its shard) by those of the whole test set:
-    exact counts are summed over the ranks."""
-    import torch
-
-    from .training.distributed import all_sum
-
-    n_local = sum(int(y.shape[0]) for _, y in shard)
-    keys = list(row["accuracy_by_wake"])
-    fractions = [row["ann_accuracy"], *(row["accuracy_by_wake"][k] for k in keys)]
-    fractions += list(row.get("accuracy", []))
-    counts = torch.tensor([round(f * n_local) for f in fractions] + [n_local], dtype=torch.float64)
-    (counts,) = all_sum(counts, rt=rt)
-    total = float(counts[-1])
-    acc = (counts[:-1] / total).tolist()
-    row["ann_accuracy"] = acc[0]
-    row["accuracy_by_wake"] = dict(zip(keys, acc[1 : 1 + len(keys)]))
-    if "accuracy" in row:
-        row["accuracy"] = acc[1 + len(keys) :]
-    row["images"], row["world_size"] = int(total), rt.world_size
+def _print_csv(row: dict[str, Any], steps: list[int], activity: bool) -> None:
+    w = csv.writer(sys.stdout)
+    cost = ["synops", "snn_macs", "energy_ratio"] if activity else []
+    w.writerow(["wake_steps", "total_steps", "accuracy", *cost])
+    for t in steps:
+        extra = [row[f"{c}_by_wake"].get(str(t)) for c in cost]
+        w.writerow([t, _total_steps(row, t), row["accuracy_by_wake"].get(str(t)), *extra])
 
 
 def _total_steps(row: dict[str, Any], t: int) -> int:
@@ -534,7 +407,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .deploy.onnx import export_run
+    from .runs import export_run
 
     options = {"tau": args.tau} if args.tau is not None else {}
     out, warnings = export_run(args.checkpoint, args.format, args.out, args.T, args.neuron,

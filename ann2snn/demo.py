@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import (
-    ann_accuracy,
-    environment,
-    evaluate_snn,
-    format_cost_table,
-    format_table,
-    write_report,
-)
+from ._io import environment
+from .data import create_loaders
+from .evaluation import ann_accuracy, evaluate_snn, evaluate_wake_sleep, report_steps
+from .methods import METHODS, Method, epoch_hook, neuron_options
+from .report import format_cost_table, format_table, write_report
 
-__all__ = ["DemoConfig", "run_demo", "run_detection_demo", "evaluate_wake_sleep", "report_steps"]
+__all__ = ["DemoConfig", "run_demo", "run_detection_demo"]
 
 
 @dataclass
@@ -58,7 +55,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.task not in ("classification", "detection"):
             raise ValueError(f"task must be 'classification' or 'detection', got {self.task!r}")
-        allowed = ("qcfs", "gn", "nq", "casc") if self.task == "classification" else ("qcfs", "gn", "casc")  # fmt: skip
+        # NQ selects epochs by classification accuracy: no detection row.
+        allowed = tuple(m for m in METHODS if self.task == "classification" or m != "nq")
         self.methods = tuple(self.methods) if self.methods else allowed
         unknown = set(self.methods) - set(allowed)
         if unknown:
@@ -67,56 +65,6 @@ class DemoConfig:
             )
         if self.T < 1 or self.epochs < 1:
             raise ValueError("T and epochs must be >= 1")
-
-
-def report_steps(T: int) -> list[int]:
-    """1, 2, 4, … up to T (and T itself)."""
-    out, t = [], 1
-    while t < T:
-        out.append(t)
-        t *= 2
-    return out + [T]
-
-
-def evaluate_wake_sleep(
-    model: Any,
-    data: Any,
-    steps: list[int],
-    sleep: int,
-    progress: bool = True,
-    label: str = "CASC",
-    neuron: str = "cif",
-    **convert_options: Any,
-) -> dict[str, Any]:
-    """One run per T (T wake steps, then ``sleep`` input-free steps): CASC's wake-sleep,
-    and networks calibrated for each T; ``convert_options`` go to `evaluate_snn` (e.g.
-    ``compiled=True``, ``post_calibration``)."""
-    row: dict[str, Any] = {"label": label, "neuron": neuron, "sleep": sleep, "accuracy_by_wake": {},
-                           "total_steps_by_wake": {}, "wall_time": 0.0}  # fmt: skip
-    for t in steps:
-        r = evaluate_snn(
-            model, data, neuron, T=t, sleep=sleep, progress=progress, **convert_options
-        )
-        row["accuracy_by_wake"][str(t)] = r["accuracy_by_wake"][str(t)]
-        row["total_steps_by_wake"][str(t)] = t + sleep
-        # What the spikes cost (activity=True): this run's figures at its own T.
-        for key in ("synops_by_wake", "snn_macs_by_wake", "energy_ratio_by_wake",
-                    "firing_rate_by_wake"):  # fmt: skip
-            if key in r:
-                row.setdefault(key, {})[str(t)] = r[key][str(t)]
-        for key in ("ann_macs", "layer_firing_rates", "energy_model", "activity_images"):
-            if key in r:
-                row[key] = r[key]
-        row["wall_time"] += r["wall_time"]
-        row["convert"] = r["convert"]
-        if "calibration" in r:  # post-conversion calibration, one per T
-            row.setdefault("calibration_by_wake", {})[str(t)] = r["calibration"]
-    # For plots: accuracy against total steps of each separate run.
-    row["total_steps"] = [t + sleep for t in steps]
-    row["accuracy"] = [row["accuracy_by_wake"][str(t)] for t in steps]
-    row["T"] = max(steps)
-    row["margin"] = None
-    return row
 
 
 def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None, **extra: Any):
@@ -137,11 +85,26 @@ def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None,
     return load(run_dir), record, time.perf_counter() - start
 
 
-def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
-    """Train, convert and evaluate every method; print the table; write report + plot."""
-    from .calibration.noise import nq_epoch_hook
-    from .data import create_loaders
+def _levels(cfg: DemoConfig, method: Method) -> int:
+    return cfg.casc_levels if method.run_per_T else cfg.levels
 
+
+def _method_row(cfg: DemoConfig, method: Method, model: Any, test: Any, steps: list[int]) -> dict:
+    """One table row: ``model`` converted and simulated as ``method`` prescribes."""
+    levels = _levels(cfg, method)
+    options = dict(activity=cfg.activity, activity_batches=cfg.activity_batches,
+                   label=method.label(levels), **neuron_options(method.neuron, levels))  # fmt: skip
+    if method.run_per_T:  # CASC: one wake-sleep run per T
+        return evaluate_wake_sleep(model, test, steps, cfg.casc_sleep, cfg.progress,
+                                   neuron=method.neuron, **options)  # fmt: skip
+    return evaluate_snn(model, test, method.neuron, T=cfg.T, progress=cfg.progress, **options)
+
+
+def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
+    """Train, convert and evaluate every method; print the table; write report + plot.
+
+    Methods that train the same activation (QCFS+IF and QCFS+GN) share one trained ANN,
+    in a run folder named after the first of them."""
     cfg = cfg or DemoConfig()
     if cfg.task == "detection":
         return run_detection_demo(cfg)
@@ -151,68 +114,23 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         limit_train=cfg.limit_train, limit_test=cfg.limit_test,
         device=None if cfg.device == "auto" else cfg.device,
     )  # fmt: skip
-    test = loaders.test
-    steps = report_steps(cfg.T)
+    test, steps = loaders.test, report_steps(cfg.T)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-
-    if "qcfs" in cfg.methods or "gn" in cfg.methods:
-        model, _, secs = _train(cfg, "qcfs", "qcfs", cfg.levels)
-        timings["train_qcfs_s"] = secs
-        acc = ann_accuracy(model, test)
-        if "qcfs" in cfg.methods:
-            rows.append(
-                {
-                    **evaluate_snn(
-                        model,
-                        test,
-                        "if",
-                        T=cfg.T,
-                        progress=cfg.progress,
-                        label=f"QCFS+IF (L={cfg.levels})",
-                        activity=cfg.activity,
-                        activity_batches=cfg.activity_batches,
-                    ),
-                    "ann_accuracy": acc,
-                }
-            )
-        if "gn" in cfg.methods:
-            rows.append(
-                {
-                    **evaluate_snn(
-                        model,
-                        test,
-                        "gn",
-                        T=cfg.T,
-                        tau=cfg.levels,
-                        progress=cfg.progress,
-                        label=f"QCFS+GN (tau={cfg.levels})",
-                        activity=cfg.activity,
-                        activity_batches=cfg.activity_batches,
-                    ),
-                    "ann_accuracy": acc,
-                }
-            )
-    if "nq" in cfg.methods:
-        model, record, secs = _train(
-            cfg, "nq", "nq", cfg.levels, hooks={"on_epoch_end": nq_epoch_hook(steps=4)}
-        )
-        timings["train_nq_s"] = secs
-        row = evaluate_snn(model, test, "if", T=cfg.T, progress=cfg.progress,
-                           label=f"NQ+IF (L={cfg.levels})", activity=cfg.activity,
-                           activity_batches=cfg.activity_batches)  # fmt: skip
-        row["ann_accuracy"] = ann_accuracy(model, test)
-        row["sigma"] = record.get("extra", {}).get("sigma")
+    trained: dict[str, tuple[Any, dict, float]] = {}  # act -> (model, record, ANN accuracy)
+    for method in (METHODS[name] for name in METHODS if name in cfg.methods):
+        if method.act not in trained:
+            hook = epoch_hook(method.act)
+            model, record, secs = _train(cfg, method.name, method.act, _levels(cfg, method),
+                                         hooks={"on_epoch_end": hook} if hook else None)  # fmt: skip
+            timings[f"train_{method.name}_s"] = secs
+            trained[method.act] = (model, record, ann_accuracy(model, test))
+        model, record, acc = trained[method.act]
+        row = _method_row(cfg, method, model, test, steps)
+        row["ann_accuracy"] = acc
+        if method.act == "nq":
+            row["sigma"] = record.get("extra", {}).get("sigma")
         rows.append(row)
-    if "casc" in cfg.methods:
-        model, _, secs = _train(cfg, "casc", "clipq", cfg.casc_levels)
-        timings["train_casc_s"] = secs
-        row = evaluate_wake_sleep(model, test, steps, cfg.casc_sleep, cfg.progress,
-                                  label=f"CASC (Q={cfg.casc_levels})", activity=cfg.activity,
-                                  activity_batches=cfg.activity_batches)  # fmt: skip
-        row["ann_accuracy"] = ann_accuracy(model, test)
-        rows.append(row)
-
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps)
     cost_table = format_cost_table(rows, steps) if cfg.activity else None
@@ -237,7 +155,6 @@ def _finish(cfg: DemoConfig, head: dict[str, Any], steps: list[int], rows: list[
 def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
     """`run_demo` for ``task="detection"``: train `yolo_tiny` with QCFS (IF and GN rows)
     and clip-quant (CASC), then print mAP@0.5 per T on the test scenes."""
-    from .data import create_loaders
     from .detection.evaluation import ann_map, evaluate_detection_snn
     from .detection.head import detector_spec
 
@@ -250,23 +167,20 @@ def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
     steps = report_steps(cfg.T)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-    plans = []
-    if "qcfs" in cfg.methods or "gn" in cfg.methods:
-        plans.append(("qcfs", "qcfs", cfg.levels, [("if", "qcfs", f"QCFS+IF (L={cfg.levels})", {}),
-                      ("gn", "gn", f"QCFS+GN (tau={cfg.levels})", {"tau": cfg.levels})]))  # fmt: skip
-    if "casc" in cfg.methods:
-        plans.append(("casc", "clipq", cfg.casc_levels, [("cif", "casc", f"CASC (Q={cfg.casc_levels})", {})]))  # fmt: skip
-    for name, act, levels, runs in plans:
-        model, _, secs = _train(cfg, name, act, levels)
-        timings[f"train_{name}_s"] = secs
-        ann = ann_map(model, loaders.test, detector_spec(model))
-        for neuron, method, label, opts in runs:
-            if method not in cfg.methods:
-                continue
-            sleep = cfg.casc_sleep if neuron == "cif" else 0
-            row = evaluate_detection_snn(model, loaders.test, neuron, steps, sleep, label=label, **opts)  # fmt: skip
-            row.update(ann_map50=ann["map50"], ann_map=ann["map"])
-            rows.append(row)
+    trained: dict[str, tuple[Any, dict]] = {}  # act -> (model, its ANN mAP)
+    for method in (METHODS[name] for name in METHODS if name in cfg.methods):
+        levels = _levels(cfg, method)
+        if method.act not in trained:
+            model, _, secs = _train(cfg, method.name, method.act, levels)
+            timings[f"train_{method.name}_s"] = secs
+            trained[method.act] = (model, ann_map(model, loaders.test, detector_spec(model)))
+        model, ann = trained[method.act]
+        sleep = cfg.casc_sleep if method.run_per_T else 0
+        row = evaluate_detection_snn(model, loaders.test, method.neuron, steps, sleep,
+                                     label=method.label(levels),
+                                     **neuron_options(method.neuron, levels))  # fmt: skip
+        row.update(ann_map50=ann["map50"], ann_map=ann["map"])
+        rows.append(row)
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps, metric="map50")
     head = {"title": "ann2snn detection demo: Fashion-MNIST scenes, yolo_tiny (mAP@0.5)",

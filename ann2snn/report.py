@@ -3,122 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from ._io import environment, save_figure, source_revision, write_json
-from .calibration.post_conversion import CalibrationLog, calibrate
-from .conversion.converter import convert
-from .nn.network import device_of
-from .simulation.activity import E_AC, E_MAC, ActivityReport
-from .simulation.runner import simulate
+from .simulation.activity import E_AC, E_MAC
 
 __all__ = [
-    "ann_accuracy",
-    "evaluate_snn",
     "environment",
     "source_revision",
     "format_table",
     "format_cost_table",
-    "cost_columns",
     "plot_cost",
     "plot_accuracy",
     "write_json",
     "write_report",
 ]
-
-
-@torch.no_grad()
-def ann_accuracy(
-    model: nn.Module, data: Iterable, device: str | torch.device | None = None
-) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on ``data``, a loader of (x, y)."""
-    device = torch.device(device) if device else device_of(model)
-    was_training = model.training
-    model = model.to(device).eval()
-    correct = total = 0
-    for x, y in data:
-        x, y = x.to(device), y.to(device)
-        correct += int((model(x).argmax(-1) == y).sum())
-        total += y.shape[0]
-    model.train(was_training)
-    return correct / max(total, 1)
-
-
-def evaluate_snn(
-    model: nn.Module,
-    data: Iterable,
-    neuron: str = "if",
-    T: int = 16,
-    sleep: int = 0,
-    margin: int | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    progress: bool = True,
-    label: str | None = None,
-    calibration: Any = None,
-    activity: bool = False,
-    activity_batches: int | None = None,
-    post_calibration: dict[str, Any] | None = None,
-    **convert_options: Any,
-) -> dict[str, Any]:
-    """Convert ``model`` with ``neuron`` and simulate T wake steps; a JSON-able row.
-
-    With ``activity=True`` the row also holds what the spikes cost (`cost_columns`).
-    ``post_calibration``: keywords of `ann2snn.calibrate` (``data``, ``method``,
-    ``batches``, optional ``T``, default this run's T) applied after conversion; the
-    row then holds the calibration's log under ``"calibration"``."""
-    snn = convert(model, neuron, calibration=calibration, **convert_options)
-    cal_log = None
-    if post_calibration:
-        cal_log = CalibrationLog(post_calibration["method"], T)
-        opts = {"T": T, "sleep": sleep, **post_calibration}
-        snn = calibrate(snn, log=cal_log, **opts)
-    res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, dtype=dtype,
-                   progress=progress, activity=activity, activity_batches=activity_batches)  # fmt: skip
-    row = {
-        "label": label or neuron,
-        "neuron": neuron,
-        "convert": snn.config,
-        "T": T,
-        "sleep": sleep,
-        "margin": margin,
-        "accuracy_by_wake": {str(k): v for k, v in res.by_wake_steps().items()},
-        "accuracy": res.accuracy,
-        "wake_steps": res.wake_steps,
-        "total_steps": res.total_steps,
-        "images": res.images,
-        "wall_time": res.wall_time,
-        "image_steps_per_s": res.image_steps_per_s,
-    }
-    if res.activity is not None:
-        row.update(cost_columns(res.activity))
-    if cal_log is not None:
-        row["calibration"] = cal_log.as_dict()
-    return row
-
-
-def cost_columns(rep: ActivityReport, wake: int | None = None) -> dict[str, Any]:
-    """Row fields of an `ActivityReport`: SynOps, SNN MACs, energy ratio and firing rate
-    by wake steps (only ``wake`` if given: one wake-sleep run per T), the ANN's MACs, and
-    each layer's firing rate after the last step."""
-    by_wake = rep.by_wake_steps()
-    keys = [str(wake)] if wake is not None else list(by_wake)
-    last = len(rep.wake_steps) - 1
-    return {
-        "ann_macs": rep.ann_macs,
-        "synops_by_wake": {k: by_wake[k]["synops"] for k in keys},
-        "snn_macs_by_wake": {k: by_wake[k]["snn_macs"] for k in keys},
-        "energy_ratio_by_wake": {k: by_wake[k]["energy_ratio"] for k in keys},
-        "firing_rate_by_wake": {k: by_wake[k]["firing_rate"] for k in keys},
-        "layer_firing_rates": {layer.name: layer.firing_rate()[last] for layer in rep.layers},
-        "activity_images": rep.images,
-        "energy_model": {"e_mac": E_MAC, "e_ac": E_AC},
-    }
 
 
 def format_table(

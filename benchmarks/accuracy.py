@@ -34,8 +34,8 @@ import torch
 from ann2snn import convert, load, simulate
 from ann2snn.calibration.noise import nq_epoch_hook
 from ann2snn.data import create_loaders
-from ann2snn.demo import evaluate_wake_sleep
-from ann2snn.report import ann_accuracy, environment, evaluate_snn, write_json
+from ann2snn.evaluation import ann_accuracy, evaluate_snn, evaluate_wake_sleep
+from ann2snn.report import environment, write_json
 from ann2snn.training.loop import TrainConfig, train
 
 METHODS = ("qcfs", "nq", "casc", "gn", "relu")

@@ -25,7 +25,8 @@ import torch
 
 from ann2snn import CalibrationLog, calibrate, convert, load, simulate
 from ann2snn.data import create_loaders
-from ann2snn.report import ann_accuracy, environment, write_json
+from ann2snn.evaluation import ann_accuracy
+from ann2snn.report import environment, write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

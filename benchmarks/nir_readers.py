@@ -24,7 +24,8 @@ import torch
 
 from ann2snn import convert, export_nir, import_nir, load, simulate
 from ann2snn.data import create_loaders
-from ann2snn.report import ann_accuracy, environment, write_json
+from ann2snn.evaluation import ann_accuracy
+from ann2snn.report import environment, write_json
 
 
 def _external(path: Path, loaders, steps: list[int]) -> dict[str, Any]:

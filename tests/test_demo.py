@@ -10,7 +10,8 @@ import _fmnist
 import pytest
 import torch
 
-from ann2snn.demo import DemoConfig, report_steps, run_demo
+from ann2snn.demo import DemoConfig, run_demo
+from ann2snn.evaluation import report_steps
 
 LABELS = ("QCFS+IF", "QCFS+GN", "NQ+IF", "CASC")
 

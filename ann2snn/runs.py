@@ -1,0 +1,206 @@
+"""Working with a trained run folder: evaluate it as an SNN (`evaluate_run`) or export it
+(`export_run`). The CLI's ``eval`` and ``export`` are thin wrappers over these; scripts can
+call them the same way.
+
+Both read the run through `RunRecord` (dataset, activation, levels, task) and the method
+table (`ann2snn.methods`: τ = L for group neurons, percentile thresholds for ReLU).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._io import environment
+from ._util import positive_int, resolve_device
+from .checkpoint import RunRecord, load
+from .conversion import convert
+from .data import create_loaders
+from .deploy import export_nir, export_onnx, export_program
+from .deploy.onnx import EXPORT_FORMATS
+from .evaluation import ann_accuracy, evaluate_snn, evaluate_wake_sleep
+from .methods import needs_threshold_data, neuron_options
+from .training.distributed import ShardedLoader, all_sum, rank_device, runtime_from_env
+
+__all__ = ["evaluate_run", "export_run", "example_input", "DEFAULT_STEPS"]
+
+#: The T reported when none are asked for.
+DEFAULT_STEPS = (1, 2, 4, 8, 16, 32)
+
+
+def _label(act: str | None, neuron: str, options: dict[str, Any]) -> str:
+    return f"{act or '?'}+{neuron}" + (f" (tau={options['tau']})" if "tau" in options else "")
+
+
+def evaluate_run(
+    checkpoint: str | os.PathLike,
+    neuron: str = "if",
+    steps: list[int] | None = None,
+    *,
+    sleep: int = 0,
+    margin: int | None = None,
+    tau: int | None = None,
+    calibrate: str | None = None,
+    calib_T: int | None = None,
+    calib_batches: int = 8,
+    activity: bool = False,
+    activity_batches: int | None = None,
+    compiled: bool = False,
+    dtype: torch.dtype | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    limit_test: int | None = None,
+    download: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert a trained run with ``neuron`` and simulate it on its test split; the report.
+
+    The report (JSON-able) holds ``title``, ``checkpoint``, ``record`` (the run's model,
+    recipe, metrics), ``steps``, one row (`ann2snn.evaluation.evaluate_snn`'s, with the
+    ANN's accuracy; a detector's row holds mAP) and ``environment``. A group neuron's τ
+    defaults to the ANN's levels; a ReLU network's thresholds come from the validation
+    split. ``calibrate`` (a method of `ann2snn.calibrate`) calibrates on the validation
+    split, once per reported T unless ``calib_T`` is given. Under ``torchrun`` each rank
+    simulates its share of the test set and the counts are summed.
+    """
+    rt = runtime_from_env(resolve_device("device", device))
+    dev = rank_device(resolve_device("device", device), rt)
+    model = load(checkpoint, map_location=dev)
+    record = RunRecord.of(model)
+    if record.dataset is None:
+        raise ValueError(
+            f"{checkpoint}: the checkpoint record names no dataset; it was not written by "
+            "ann2snn train"
+        )
+    loaders = create_loaders(record.dataset, data_dir=data_dir, batch_size=batch_size,
+                             device=dev, augment=False, limit_test=limit_test, download=download)  # fmt: skip
+    steps = sorted(set(steps or DEFAULT_STEPS))
+    options = neuron_options(neuron, record.levels, tau)
+    label = _label(record.act, neuron, options)
+    if record.task == "detection":
+        if calibrate or activity or compiled or dtype is not None:
+            raise ValueError(
+                "calibrate, activity, compiled and dtype are not available for detection runs (yet)"
+            )
+        row = _detection_row(model, loaders.test, neuron, steps, sleep, margin, label, options)
+    else:
+        test = (
+            ShardedLoader(loaders.test, rt.rank, rt.world_size) if rt.distributed else loaders.test
+        )
+        if compiled:
+            options["compiled"] = True
+        if activity:
+            options.update(activity=True, activity_batches=activity_batches)
+        per_T = False
+        if calibrate:
+            if loaders.val is None:
+                raise ValueError("calibrate needs the validation split; this dataset has none")
+            cal = {"method": calibrate, "data": loaders.val, "batches": calib_batches}
+            options["post_calibration"] = cal | ({"T": calib_T} if calib_T else {})
+            per_T = calib_T is None and len(steps) > 1
+            label += f", {calibrate}-calibrated" + (f" at T={calib_T}" if calib_T else "")
+        progress = progress and rt.is_primary
+        if (sleep and margin is None and len(steps) > 1) or per_T:
+            row = evaluate_wake_sleep(model, test, steps, sleep, progress, label=label,
+                                      neuron=neuron, **options)  # fmt: skip
+        else:
+            data = loaders.val if needs_threshold_data(record.act) else None
+            row = evaluate_snn(model, test, neuron, T=max(steps), sleep=sleep, margin=margin,
+                               dtype=dtype, progress=progress, label=label, calibration=data,
+                               **options)  # fmt: skip
+        row["ann_accuracy"] = ann_accuracy(model, test)
+        if rt.distributed:
+            _sum_accuracies(row, test, rt)
+    report = {"title": f"{record.model} on {record.dataset}: {label}"}
+    if record.task == "detection":
+        report["metric"] = "map50"
+    return report | {
+        "checkpoint": str(checkpoint),
+        "record": record.summary(),
+        "steps": steps,
+        "rows": [row],
+        "environment": environment(),
+    }
+
+
+def _detection_row(model: Any, test: Any, neuron: str, steps: list[int], sleep: int,
+                   margin: int | None, label: str, options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """A detector's row: SNN mAP at every T and the ANN's mAP."""
+    from .detection import ann_map, detector_spec, evaluate_detection_snn
+
+    row = evaluate_detection_snn(model, test, neuron, steps, sleep, margin, label=label, **options)
+    ann = ann_map(model, test, detector_spec(model))
+    row["ann_map50"], row["ann_map"] = ann["map50"], ann["map"]
+    return row
+
+
+def _sum_accuracies(row: dict[str, Any], shard: Any, rt: Any) -> None:
+    """Replace a rank's accuracies (fractions of its shard) by those of the whole test set:
+    exact counts are summed over the ranks."""
+    n_local = sum(int(y.shape[0]) for _, y in shard)
+    keys = list(row["accuracy_by_wake"])
+    fractions = [row["ann_accuracy"], *(row["accuracy_by_wake"][k] for k in keys)]
+    fractions += list(row.get("accuracy", []))
+    counts = torch.tensor([round(f * n_local) for f in fractions] + [n_local], dtype=torch.float64)
+    (counts,) = all_sum(counts, rt=rt)
+    total = float(counts[-1])
+    acc = (counts[:-1] / total).tolist()
+    row["ann_accuracy"] = acc[0]
+    row["accuracy_by_wake"] = dict(zip(keys, acc[1 : 1 + len(keys)]))
+    if "accuracy" in row:
+        row["accuracy"] = acc[1 + len(keys) :]
+    row["images"], row["world_size"] = int(total), rt.world_size
+
+
+def example_input(record: RunRecord | dict, data_dir: str | None = None) -> Tensor:
+    """Two zero images ``[2, C, H, W]`` of the run's input shape (from its record, else
+    from its dataset's validation split). Two, not one: `torch.export` fixes a
+    dimension of size 1, and the batch must stay dynamic."""
+    record = record if isinstance(record, RunRecord) else RunRecord(record)
+    if record.input_shape is not None:
+        return torch.zeros(2, *record.input_shape)
+    loaders = create_loaders(record.dataset, data_dir=data_dir, batch_size=2, augment=False)
+    x, _ = next(iter(loaders.val if loaders.val is not None else loaders.test))
+    return torch.zeros_like(x[:2]).cpu()
+
+
+def export_run(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path,
+    T: int,
+    neuron: str = "if",
+    binary: bool = False,
+    sleep: int = 0,
+    time_input: bool = False,
+    data_dir: str | None = None,
+    **options: Any,
+) -> tuple[Path, list[str]]:
+    """What ``ann2snn export`` does: load a trained run, convert it with ``neuron`` and
+    write it as ``fmt`` (``nir``, ``onnx`` or ``torch``) to ``out``. Returns the path and
+    the warnings (for NIR: what other readers lose)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export: format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    positive_int("T", T)
+    model = load(checkpoint, map_location="cpu")
+    record = RunRecord.of(model)
+    calibration = None
+    if needs_threshold_data(record.act):  # θ from data: the 99.9th percentile on validation
+        calibration = create_loaders(record.dataset, data_dir=data_dir, batch_size=256,
+                                     augment=False).val  # fmt: skip
+    snn = convert(model, neuron, calibration=calibration, **options)
+    example = example_input(record, data_dir)
+    out = Path(out)
+    if sleep and fmt != "nir":
+        raise ValueError(f"export: --sleep {sleep} is carried by NIR only (an exported {fmt} graph cannot switch biases off)")  # fmt: skip
+    if fmt == "nir":
+        return out, export_nir(snn, out, example, sleep=sleep)
+    if fmt == "onnx":
+        return export_onnx(snn, out, example, T, time_input, binary), []
+    export_program(snn, example, T, out, time_input, binary)
+    return out, []
