@@ -69,7 +69,7 @@ class DemoConfig:
 
 def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None, **extra: Any):
     from .checkpoint import load
-    from .training.loop import TrainConfig, train
+    from .training import TrainConfig, train
 
     run_dir = Path(cfg.out_dir) / name
     detection = cfg.task == "detection"

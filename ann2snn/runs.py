@@ -83,10 +83,13 @@ def evaluate_run(
     options = neuron_options(neuron, record.levels, tau)
     label = _label(record.act, neuron, options)
     if record.task == "detection":
-        if calibrate or activity or compiled or dtype is not None:
-            raise ValueError(
-                "calibrate, activity, compiled and dtype are not available for detection runs (yet)"
+        given = {"calibrate": calibrate, "activity": activity, "compiled": compiled,
+                 "dtype": dtype is not None}  # fmt: skip
+        if names := [n for n, on in given.items() if on]:
+            flags = ", ".join(
+                f"{n} (--{'compile-neurons' if n == 'compiled' else n})" for n in names
             )
+            raise ValueError(f"{flags}: not available for detection runs (yet)")
         row = _detection_row(model, loaders.test, neuron, steps, sleep, margin, label, options)
     else:
         test = (

@@ -36,7 +36,7 @@ from ann2snn.calibration.noise import nq_epoch_hook
 from ann2snn.data import create_loaders
 from ann2snn.evaluation import ann_accuracy, evaluate_snn, evaluate_wake_sleep
 from ann2snn.report import environment, write_json
-from ann2snn.training.loop import TrainConfig, train
+from ann2snn.training import TrainConfig, train
 
 METHODS = ("qcfs", "nq", "casc", "gn", "relu")
 # Which trained ANN each row uses: QCFS+IF and QCFS+GN share one network.

@@ -27,7 +27,7 @@ import ann2snn
 from ann2snn.detection.evaluation import ann_map, evaluate_detection_snn
 from ann2snn.detection.head import detector_spec
 from ann2snn.report import environment, format_table, source_revision, write_json
-from ann2snn.training.loop import TrainConfig, train
+from ann2snn.training import TrainConfig, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

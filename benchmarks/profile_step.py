@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-import ann2snn.training.loop as T  # noqa: E402
+import ann2snn.training as T  # noqa: E402
 from ann2snn import create_model
 from ann2snn.data import DatasetNotFoundError, create_loaders
 from ann2snn.report import environment, write_json

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 # The training module (its helpers, beside the exported `train` function).
-import ann2snn.training.loop as T  # noqa: E402
+import ann2snn.training as T  # noqa: E402
 from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
 from ann2snn.calibration.noise import nq_epoch_hook
 from ann2snn.data import DatasetNotFoundError, create_loaders
@@ -165,7 +165,9 @@ def build(args, name: str, act: str, device, train: bool = True):
                         lr=0.01, momentum=0.9, weight_decay=5e-4,
                         compile={"on": True, "off": False}.get(args.compile, args.compile))  # fmt: skip
     if not train:
-        if T._resolve_runtime(cfg)[2]:  # as `train` trains it and `ann2snn.load` returns it
+        if T.Placement.resolve(
+            cfg
+        ).channels_last:  # as `train` trains it and `ann2snn.load` returns it
             model = model.to(memory_format=torch.channels_last)
         return model.eval(), None
     setup = T.prepare_training(model, cfg)  # exactly `train`'s device, layout, SGD, compile

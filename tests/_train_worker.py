@@ -16,7 +16,7 @@ import torch
 config_json, slow_from_epoch, marker, threads = sys.argv[1:]
 torch.set_num_threads(int(threads))  # same as the parent: identical float reductions
 
-from ann2snn.training.loop import TrainConfig  # noqa: E402
+from ann2snn.training import TrainConfig  # noqa: E402
 
 _tiny.train_tiny(
     TrainConfig(**json.loads(config_json)),

@@ -26,7 +26,7 @@ import ann2snn
 from ann2snn.checkpoint import load_record
 from ann2snn.cli import main
 from ann2snn.nn.neurons import compile_unavailable
-from ann2snn.training.loop import TrainConfig, train
+from ann2snn.training import TrainConfig, train
 
 SCRIPT = Path(sys.executable).with_name("ann2snn")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "ann2snn.cli"]

@@ -68,8 +68,8 @@ def test_torchrun_trains_one_consistent_run_and_evaluates_exactly(tmp_path):
 
 def test_sync_bn_is_refused_on_cpus_by_name():
     from ann2snn.models import create_model
+    from ann2snn.training import TrainConfig, prepare_training
     from ann2snn.training.distributed import Runtime
-    from ann2snn.training.loop import TrainConfig, prepare_training
 
     cfg = TrainConfig(model="cnn", dataset="fashion-mnist", device="cpu", sync_bn=True)
     model = create_model("cnn", num_classes=10, in_channels=1, image_size=28)

@@ -15,7 +15,7 @@ from torch import nn
 from ann2snn import QCFS, IFNeuron, NoisyQCFS, convert, load, load_record, simulate
 from ann2snn.calibration.noise import calibrate_noise, noisy_layers, nq_epoch_hook, set_noise
 from ann2snn.simulation import run
-from ann2snn.training.loop import TrainConfig
+from ann2snn.training import TrainConfig
 
 
 def _z(n: int = 4096, lam: float = 2.0, levels: int = 4, seed: int = 0) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 import ann2snn
 from ann2snn import QCFS, ConversionError, SpikeSpec, check, convert, prepare, run
 from ann2snn.nn.activations import register_activation
-from ann2snn.training.loop import train_one_epoch
+from ann2snn.training import train_one_epoch
 
 torchvision = pytest.importorskip("torchvision")
 

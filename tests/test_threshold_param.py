@@ -9,7 +9,7 @@ from _tiny import train_tiny
 
 import ann2snn
 from ann2snn.nn.activations import QCFS, RAW_THRESHOLD_FLOOR, NoisyQCFS, clamp_thresholds_
-from ann2snn.training.loop import TrainConfig, param_groups, prepare_training
+from ann2snn.training import TrainConfig, param_groups, prepare_training
 
 
 @pytest.mark.parametrize("cls", [QCFS, NoisyQCFS])

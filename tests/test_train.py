@@ -21,9 +21,8 @@ from _tiny import train_tiny
 from torch import nn
 
 from ann2snn import checkpoint as ckpt
-from ann2snn import lock as ckpt_lock
 from ann2snn._progress import ProgressBar
-from ann2snn.training.loop import (
+from ann2snn.training import (
     PRESETS,
     TrainConfig,
     evaluate,
@@ -32,6 +31,7 @@ from ann2snn.training.loop import (
     train,
     train_one_epoch,
 )
+from ann2snn.training import lock as ckpt_lock
 
 WORKER = Path(__file__).with_name("_train_worker.py")
 

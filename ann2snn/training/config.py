@@ -248,6 +248,13 @@ class TrainConfig:
         extra = {"threshold_param": self.threshold_param} if self.threshold_param != "log" else {}
         return {**self.act_kwargs, **extra}
 
+    def loader_kwargs(self) -> dict[str, Any]:
+        """Keywords of `ann2snn.data.create_loaders` this run's data is made with (all but
+        the dataset name and the device)."""
+        keys = ("data_dir", "batch_size", "val_fraction", "seed", "num_workers", "autoaugment",
+                "cutout", "limit_train", "limit_test", "download")  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """A config from `PRESETS[name]` with ``overrides`` (``model`` and ``dataset`` needed)."""
