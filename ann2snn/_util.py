@@ -13,8 +13,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["positive_int", "finite_number", "percentile_value", "one_of", "resolve_device",
-           "finite_input"]  # fmt: skip
+__all__ = [
+    "positive_int",
+    "finite_number",
+    "percentile_value",
+    "one_of",
+    "resolve_device",
+    "finite_input",
+]
 
 
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -81,7 +87,8 @@ def resolve_device(name: str, value: str | torch.device | None) -> torch.device:
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(
-                f"{name} is {value!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+                f"{name} is {value!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)"
             )
     return device
 

@@ -126,9 +126,15 @@ def _check_fields(record: dict, path: Path, required: tuple[str, ...]) -> None:
         if key not in record:
             continue
         value = record[key]
-        ok = any(value is None if t is None else isinstance(value, t) and not isinstance(value, bool) for t in types)  # fmt: skip
+        ok = any(
+            value is None if t is None else isinstance(value, t) and not isinstance(value, bool)
+            for t in types
+        )
         if not ok:
-            names = " or ".join("null" if t is None else {str: "a string", dict: "an object", int: "an integer"}[t] for t in types)  # fmt: skip
+            names = " or ".join(
+                "null" if t is None else {str: "a string", dict: "an object", int: "an integer"}[t]
+                for t in types
+            )
             raise CheckpointError(
                 f"{path}: field {key!r} must be {names}, got {type(value).__name__} {value!r}; "
                 "the record was edited or damaged — restore it from a copy"
@@ -408,7 +414,9 @@ def load(
     json_path, record, state = _read_checkpoint(path)
     prep = record.get("prepare")
     if prep is not None and not isinstance(prep, dict):
-        raise CheckpointError(f"{json_path}: field 'prepare' must be an object, got {type(prep).__name__}")  # fmt: skip
+        raise CheckpointError(
+            f"{json_path}: field 'prepare' must be an object, got {type(prep).__name__}"
+        )
     if model is not None:
         try:
             net = prepare_as(model, prep) if prep else copy.deepcopy(model)

@@ -82,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub: Any) -> None:
-    t = sub.add_parser("train", help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
-                       description="Train a source ANN; checkpoints every epoch into --out.")  # fmt: skip
+    t = sub.add_parser(
+        "train",
+        help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
+        description="Train a source ANN; checkpoints every epoch into --out.",
+    )
     t.add_argument(
         "--model",
         required=True,
@@ -95,8 +98,11 @@ def _add_train(sub: Any) -> None:
         help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from",
     )
     t.add_argument("--dataset", required=True, help=f"one of {', '.join(list_datasets())}")
-    t.add_argument("--task", choices=["classification", "detection"],
-                   help="checked against --dataset (the dataset decides the task)")  # fmt: skip
+    t.add_argument(
+        "--task",
+        choices=["classification", "detection"],
+        help="checked against --dataset (the dataset decides the task)",
+    )
     t.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -110,26 +116,32 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--lr", type=_positive_float)
     t.add_argument("--weight-decay", type=_non_negative_float)
     t.add_argument(
-        "--threshold-param", choices=["log", "raw"],
+        "--threshold-param",
+        choices=["log", "raw"],
         help="train log λ (default) or λ itself, as the papers do",
-    )  # fmt: skip
+    )
     t.add_argument(
-        "--threshold-decay", choices=["on", "off"],
+        "--threshold-decay",
+        choices=["on", "off"],
         help="weight decay on λ (default: on for raw λ, off for log λ)",
-    )  # fmt: skip
+    )
     t.add_argument("--seed", type=NONNEG)
     t.add_argument("--device", help="auto, cpu, cuda")
     t.add_argument("--data-dir", help="where the dataset lives (the only place looked)")
     t.add_argument(
-        "--download", action="store_true", default=None,
+        "--download",
+        action="store_true",
+        default=None,
         help="download CIFAR with torchvision when --data-dir (or the cache) lacks it",
-    )  # fmt: skip
+    )
     t.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<act>-L<levels>)")
     t.add_argument("--resume", action="store_true", help="continue from the last complete epoch")
     t.add_argument(
-        "--sync-bn", action="store_true", default=None,
+        "--sync-bn",
+        action="store_true",
+        default=None,
         help="under torchrun on GPUs: BatchNorm statistics over the global batch",
-    )  # fmt: skip
+    )
     t.add_argument("--limit-train", type=POS, help="use only N training images (quick runs)")
     t.add_argument("--limit-test", type=POS)
     t.add_argument("--autoaugment", action="store_true", default=None)
@@ -141,16 +153,20 @@ def _add_train(sub: Any) -> None:
         help="NQ: calibration batches of the validation split (default 10)",
     )
     t.add_argument(
-        "--nq-augment", action="store_true",
+        "--nq-augment",
+        action="store_true",
         help="NQ: estimate σ on augmented training batches (as the reference code) "
         "instead of the validation split",
-    )  # fmt: skip
+    )
     t.add_argument("--no-progress", action="store_true")
 
 
 def _add_eval(sub: Any) -> None:
-    e = sub.add_parser("eval", help="convert a checkpoint and simulate the SNN over T",
-                       description="Convert a trained checkpoint and report SNN accuracy per time step.")  # fmt: skip
+    e = sub.add_parser(
+        "eval",
+        help="convert a checkpoint and simulate the SNN over T",
+        description="Convert a trained checkpoint and report SNN accuracy per time step.",
+    )
     e.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
     e.add_argument("--neuron", default="if", choices=list_neurons())
     e.add_argument(
@@ -189,13 +205,18 @@ def _add_eval(sub: Any) -> None:
         "--activity-batches", type=POS, help="count activity on the first N batches (default all)"
     )
     e.add_argument(
-        "--calibrate", choices=list(CALIBRATION_METHODS),
+        "--calibrate",
+        choices=list(CALIBRATION_METHODS),
         help="post-conversion calibration on the validation split: 'bias' (per-channel "
         "bias, Li et al. 2021) or 'offset' (per-channel v(0), Hao et al. 2023); one "
         "calibrated network per reported T unless --calib-T is given",
-    )  # fmt: skip
-    e.add_argument("--calib-batches", type=POS, default=8,
-                   help="validation batches used by --calibrate (default 8)")  # fmt: skip
+    )
+    e.add_argument(
+        "--calib-batches",
+        type=POS,
+        default=8,
+        help="validation batches used by --calibrate (default 8)",
+    )
     e.add_argument("--calib-T", type=POS, help="calibrate once, for this T, and run all T on it")
     e.add_argument("--data-dir")
     e.add_argument("--download", action="store_true", help="download CIFAR if missing")
@@ -210,17 +231,26 @@ def _add_eval(sub: Any) -> None:
 
 
 def _add_export(sub: Any) -> None:
-    x = sub.add_parser("export", help="write a converted run as NIR, ONNX or torch.export",
-                       description="Convert a trained run and write the SNN for other tools.")  # fmt: skip
+    x = sub.add_parser(
+        "export",
+        help="write a converted run as NIR, ONNX or torch.export",
+        description="Convert a trained run and write the SNN for other tools.",
+    )
     x.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
     x.add_argument("--format", required=True, choices=["nir", "onnx", "torch"])
     x.add_argument("--T", type=POS, default=4, help="ONNX/torch: time steps unrolled (default 4)")
     x.add_argument("--neuron", default="if", choices=list_neurons())
     x.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
-    x.add_argument("--binary", action="store_true",
-                   help="ONNX/torch: the deploy form (0/1 spikes, θ in the weights; NIR always is)")  # fmt: skip
-    x.add_argument("--time-input", action="store_true",
-                   help="ONNX/torch: input [T, B, ...] instead of one image batch repeated")  # fmt: skip
+    x.add_argument(
+        "--binary",
+        action="store_true",
+        help="ONNX/torch: the deploy form (0/1 spikes, θ in the weights; NIR always is)",
+    )
+    x.add_argument(
+        "--time-input",
+        action="store_true",
+        help="ONNX/torch: input [T, B, ...] instead of one image batch repeated",
+    )
     x.add_argument(
         "--sleep", type=NONNEG, default=0, help="NIR: CASC sleep steps recorded in the file"
     )
@@ -229,8 +259,11 @@ def _add_export(sub: Any) -> None:
 
 
 def _add_check(sub: Any) -> None:
-    c = sub.add_parser("check", help="support report: every op as supported or unsupported",
-                       description="List every op of a model and whether it converts.")  # fmt: skip
+    c = sub.add_parser(
+        "check",
+        help="support report: every op as supported or unsupported",
+        description="List every op of a model and whether it converts.",
+    )
     c.add_argument("target", help="a run folder/checkpoint, or a model name (cnn, vgg16, ...)")
     c.add_argument("--neuron", default="if", choices=list_neurons())
     c.add_argument("--act", default="qcfs", choices=list_activations())
@@ -239,10 +272,18 @@ def _add_check(sub: Any) -> None:
 
 
 def _add_demo(sub: Any) -> None:
-    d = sub.add_parser("demo", help="Fashion-MNIST end to end: train, convert, simulate every method",
-                       description="Train a small CNN per method on Fashion-MNIST and print the accuracy-vs-T table.")  # fmt: skip
-    d.add_argument("--task", choices=["classification", "detection"], default="classification",
-                   help="detection: yolo_tiny on the Fashion-MNIST scenes, mAP per T")  # fmt: skip
+    d = sub.add_parser(
+        "demo",
+        help="Fashion-MNIST end to end: train, convert, simulate every method",
+        description="Train a small CNN per method on Fashion-MNIST and print the "
+        "accuracy-vs-T table.",
+    )
+    d.add_argument(
+        "--task",
+        choices=["classification", "detection"],
+        default="classification",
+        help="detection: yolo_tiny on the Fashion-MNIST scenes, mAP per T",
+    )
     d.add_argument("--out", help="default runs/demo (runs/demo-detection)")
     d.add_argument("--data-dir")
     d.add_argument("--epochs", type=POS, help="default 3 (detection 4)")
@@ -311,13 +352,26 @@ def _eval(args: argparse.Namespace) -> int:
 
     steps = list(range(1, args.T_max + 1)) if args.T_max else args.T
     report = evaluate_run(
-        args.checkpoint, args.neuron, steps, sleep=args.sleep, margin=args.margin, tau=args.tau,
-        calibrate=args.calibrate, calib_T=args.calib_T, calib_batches=args.calib_batches,
-        activity=args.activity, activity_batches=args.activity_batches,
-        compiled=args.compile_neurons, dtype=_dtype(args.dtype), device=args.device,
-        data_dir=args.data_dir, batch_size=args.batch_size, limit_test=args.limit_test,
-        download=args.download, progress=not (args.no_progress or args.json or args.csv),
-    )  # fmt: skip
+        args.checkpoint,
+        args.neuron,
+        steps,
+        sleep=args.sleep,
+        margin=args.margin,
+        tau=args.tau,
+        calibrate=args.calibrate,
+        calib_T=args.calib_T,
+        calib_batches=args.calib_batches,
+        activity=args.activity,
+        activity_batches=args.activity_batches,
+        compiled=args.compile_neurons,
+        dtype=_dtype(args.dtype),
+        device=args.device,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        limit_test=args.limit_test,
+        download=args.download,
+        progress=not (args.no_progress or args.json or args.csv),
+    )
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
         return 0
     report["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
@@ -391,17 +445,36 @@ def _demo(args: argparse.Namespace) -> int:
 
     det = args.task == "detection"
     # Detection: 6,000 training scenes, 3 epochs of batch 32 at lr 0.01, T up to 8.
-    defaults = dict(epochs=3, limit_train=6000, limit_test=500, out="runs/demo-detection", lr=0.01,
-                    batch_size=32, activity=False, T=8) if det else dict(epochs=3, out="runs/demo", T=16)  # fmt: skip
+    defaults = (
+        dict(
+            epochs=3,
+            limit_train=6000,
+            limit_test=500,
+            out="runs/demo-detection",
+            lr=0.01,
+            batch_size=32,
+            activity=False,
+            T=8,
+        )
+        if det
+        else dict(epochs=3, out="runs/demo", T=16)
+    )
     methods = tuple(m.strip() for m in (args.methods or "").split(",") if m.strip()) or None
     cfg = DemoConfig(
-        out_dir=args.out or defaults["out"], data_dir=args.data_dir, epochs=args.epochs or defaults["epochs"],
-        T=args.T or defaults["T"], casc_sleep=args.sleep, methods=methods, device=args.device, task=args.task,
+        out_dir=args.out or defaults["out"],
+        data_dir=args.data_dir,
+        epochs=args.epochs or defaults["epochs"],
+        T=args.T or defaults["T"],
+        casc_sleep=args.sleep,
+        methods=methods,
+        device=args.device,
+        task=args.task,
         limit_train=args.limit_train or defaults.get("limit_train"),
-        limit_test=args.limit_test or defaults.get("limit_test"), progress=not args.no_progress,
+        limit_test=args.limit_test or defaults.get("limit_test"),
+        progress=not args.no_progress,
         activity=not args.no_activity and defaults.get("activity", True),
         **{k: defaults[k] for k in ("lr", "batch_size") if k in defaults},
-    )  # fmt: skip
+    )
     run_demo(cfg)
     return 0
 
@@ -410,9 +483,18 @@ def _export(args: argparse.Namespace) -> int:
     from .runs import export_run
 
     options = {"tau": args.tau} if args.tau is not None else {}
-    out, warnings = export_run(args.checkpoint, args.format, args.out, args.T, args.neuron,
-                               binary=args.binary, sleep=args.sleep, time_input=args.time_input,
-                               data_dir=args.data_dir, **options)  # fmt: skip
+    out, warnings = export_run(
+        args.checkpoint,
+        args.format,
+        args.out,
+        args.T,
+        args.neuron,
+        binary=args.binary,
+        sleep=args.sleep,
+        time_input=args.time_input,
+        data_dir=args.data_dir,
+        **options,
+    )
     for line in warnings:
         print(f"other NIR readers lose: {line}", file=sys.stderr)
     print(f"wrote {out}")

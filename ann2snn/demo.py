@@ -61,7 +61,8 @@ class DemoConfig:
         unknown = set(self.methods) - set(allowed)
         if unknown:
             raise ValueError(
-                f"unknown {self.task} demo method(s) {sorted(unknown)}; choose from {', '.join(allowed)}"
+                f"unknown {self.task} demo method(s) {sorted(unknown)}; choose from "
+                f"{', '.join(allowed)}"
             )
         if self.T < 1 or self.epochs < 1:
             raise ValueError("T and epochs must be >= 1")
@@ -74,12 +75,23 @@ def _train(cfg: DemoConfig, name: str, act: str, levels: int, hooks: Any = None,
     run_dir = Path(cfg.out_dir) / name
     detection = cfg.task == "detection"
     tc = TrainConfig(
-        model="yolo_tiny" if detection else "cnn", data_dir=cfg.data_dir, act=act, levels=levels,
+        model="yolo_tiny" if detection else "cnn",
+        data_dir=cfg.data_dir,
+        act=act,
+        levels=levels,
         dataset="fashion-scenes" if detection else "fashion-mnist",
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
-        out_dir=str(run_dir), limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-        progress=cfg.progress, resume=True, **extra,
-    )  # fmt: skip
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        device=cfg.device,
+        out_dir=str(run_dir),
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+        progress=cfg.progress,
+        resume=True,
+        **extra,
+    )
     start = time.perf_counter()
     record = train(tc, hooks=hooks)
     return load(run_dir), record, time.perf_counter() - start
@@ -92,11 +104,16 @@ def _levels(cfg: DemoConfig, method: Method) -> int:
 def _method_row(cfg: DemoConfig, method: Method, model: Any, test: Any, steps: list[int]) -> dict:
     """One table row: ``model`` converted and simulated as ``method`` prescribes."""
     levels = _levels(cfg, method)
-    options = dict(activity=cfg.activity, activity_batches=cfg.activity_batches,
-                   label=method.label(levels), **neuron_options(method.neuron, levels))  # fmt: skip
+    options = dict(
+        activity=cfg.activity,
+        activity_batches=cfg.activity_batches,
+        label=method.label(levels),
+        **neuron_options(method.neuron, levels),
+    )
     if method.run_per_T:  # CASC: one wake-sleep run per T
-        return evaluate_wake_sleep(model, test, steps, cfg.casc_sleep, cfg.progress,
-                                   neuron=method.neuron, **options)  # fmt: skip
+        return evaluate_wake_sleep(
+            model, test, steps, cfg.casc_sleep, cfg.progress, neuron=method.neuron, **options
+        )
     return evaluate_snn(model, test, method.neuron, T=cfg.T, progress=cfg.progress, **options)
 
 
@@ -110,10 +127,14 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         return run_detection_demo(cfg)
     start = time.perf_counter()
     loaders = create_loaders(
-        "fashion-mnist", data_dir=cfg.data_dir, batch_size=256, seed=cfg.seed,
-        limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+        "fashion-mnist",
+        data_dir=cfg.data_dir,
+        batch_size=256,
+        seed=cfg.seed,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
         device=None if cfg.device == "auto" else cfg.device,
-    )  # fmt: skip
+    )
     test, steps = loaders.test, report_steps(cfg.T)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
@@ -121,8 +142,13 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     for method in (METHODS[name] for name in METHODS if name in cfg.methods):
         if method.act not in trained:
             hook = epoch_hook(method.act)
-            model, record, secs = _train(cfg, method.name, method.act, _levels(cfg, method),
-                                         hooks={"on_epoch_end": hook} if hook else None)  # fmt: skip
+            model, record, secs = _train(
+                cfg,
+                method.name,
+                method.act,
+                _levels(cfg, method),
+                hooks={"on_epoch_end": hook} if hook else None,
+            )
             timings[f"train_{method.name}_s"] = secs
             trained[method.act] = (model, record, ann_accuracy(model, test))
         model, record, acc = trained[method.act]
@@ -134,16 +160,34 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps)
     cost_table = format_cost_table(rows, steps) if cfg.activity else None
-    head = {"title": "ann2snn demo: Fashion-MNIST, small CNN", "dataset": "fashion-mnist", "model": "cnn"}  # fmt: skip
+    head = {
+        "title": "ann2snn demo: Fashion-MNIST, small CNN",
+        "dataset": "fashion-mnist",
+        "model": "cnn",
+    }
     text = table + ("\n\n" + cost_table if cost_table else "")
     return _finish(cfg, head, steps, rows, timings, text, table=table, cost_table=cost_table)
 
 
-def _finish(cfg: DemoConfig, head: dict[str, Any], steps: list[int], rows: list[dict[str, Any]],
-            timings: dict[str, float], text: str, **extra: Any) -> dict[str, Any]:  # fmt: skip
+def _finish(
+    cfg: DemoConfig,
+    head: dict[str, Any],
+    steps: list[int],
+    rows: list[dict[str, Any]],
+    timings: dict[str, float],
+    text: str,
+    **extra: Any,
+) -> dict[str, Any]:
     """Write the demo's report.json and plot, print ``text`` and where they went."""
-    report = {**head, "settings": {k: v for k, v in cfg.__dict__.items()}, "steps": steps,
-              "rows": rows, "timings": timings, "environment": environment(), **extra}  # fmt: skip
+    report = {
+        **head,
+        "settings": {k: v for k, v in cfg.__dict__.items()},
+        "steps": steps,
+        "rows": rows,
+        "timings": timings,
+        "environment": environment(),
+        **extra,
+    }
     paths = write_report(report, cfg.out_dir, steps)
     print(text)
     print(
@@ -160,10 +204,15 @@ def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     loaders = create_loaders(
-        "fashion-scenes", data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
-        limit_train=cfg.limit_train, limit_test=cfg.limit_test, augment=False,
+        "fashion-scenes",
+        data_dir=cfg.data_dir,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+        augment=False,
         device=None if cfg.device == "auto" else cfg.device,
-    )  # fmt: skip
+    )
     steps = report_steps(cfg.T)
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
@@ -176,13 +225,25 @@ def run_detection_demo(cfg: DemoConfig) -> dict[str, Any]:
             trained[method.act] = (model, ann_map(model, loaders.test, detector_spec(model)))
         model, ann = trained[method.act]
         sleep = cfg.casc_sleep if method.run_per_T else 0
-        row = evaluate_detection_snn(model, loaders.test, method.neuron, steps, sleep,
-                                     label=method.label(levels),
-                                     **neuron_options(method.neuron, levels))  # fmt: skip
+        row = evaluate_detection_snn(
+            model,
+            loaders.test,
+            method.neuron,
+            steps,
+            sleep,
+            label=method.label(levels),
+            **neuron_options(method.neuron, levels),
+        )
         row.update(ann_map50=ann["map50"], ann_map=ann["map"])
         rows.append(row)
     timings["total_s"] = time.perf_counter() - start
     table = format_table(rows, steps, metric="map50")
-    head = {"title": "ann2snn detection demo: Fashion-MNIST scenes, yolo_tiny (mAP@0.5)",
-            "metric": "map50", "dataset": "fashion-scenes", "model": "yolo_tiny"}  # fmt: skip
-    return _finish(cfg, head, steps, rows, timings, "mAP@0.5 (%) on the test scenes\n" + table, table=table)  # fmt: skip
+    head = {
+        "title": "ann2snn detection demo: Fashion-MNIST scenes, yolo_tiny (mAP@0.5)",
+        "metric": "map50",
+        "dataset": "fashion-scenes",
+        "model": "yolo_tiny",
+    }
+    return _finish(
+        cfg, head, steps, rows, timings, "mAP@0.5 (%) on the test scenes\n" + table, table=table
+    )

@@ -69,8 +69,18 @@ def evaluate_snn(
         cal_log = CalibrationLog(post_calibration["method"], T)
         opts = {"T": T, "sleep": sleep, **post_calibration}
         snn = calibrate(snn, log=cal_log, **opts)
-    res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, dtype=dtype,
-                   progress=progress, activity=activity, activity_batches=activity_batches)  # fmt: skip
+    res = simulate(
+        snn,
+        data,
+        T,
+        sleep=sleep,
+        margin=margin,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        activity=activity,
+        activity_batches=activity_batches,
+    )
     row = {
         "label": label or neuron,
         "neuron": neuron,
@@ -134,8 +144,14 @@ def evaluate_wake_sleep(
     """One run per T (T wake steps, then ``sleep`` input-free steps): CASC's wake-sleep,
     and networks calibrated for each T; ``convert_options`` go to `evaluate_snn` (e.g.
     ``compiled=True``, ``post_calibration``)."""
-    row: dict[str, Any] = {"label": label, "neuron": neuron, "sleep": sleep, "accuracy_by_wake": {},
-                           "total_steps_by_wake": {}, "wall_time": 0.0}  # fmt: skip
+    row: dict[str, Any] = {
+        "label": label,
+        "neuron": neuron,
+        "sleep": sleep,
+        "accuracy_by_wake": {},
+        "total_steps_by_wake": {},
+        "wall_time": 0.0,
+    }
     for t in steps:
         r = evaluate_snn(
             model, data, neuron, T=t, sleep=sleep, progress=progress, **convert_options
@@ -143,8 +159,12 @@ def evaluate_wake_sleep(
         row["accuracy_by_wake"][str(t)] = r["accuracy_by_wake"][str(t)]
         row["total_steps_by_wake"][str(t)] = t + sleep
         # What the spikes cost (activity=True): this run's figures at its own T.
-        for key in ("synops_by_wake", "snn_macs_by_wake", "energy_ratio_by_wake",
-                    "firing_rate_by_wake"):  # fmt: skip
+        for key in (
+            "synops_by_wake",
+            "snn_macs_by_wake",
+            "energy_ratio_by_wake",
+            "firing_rate_by_wake",
+        ):
             if key in r:
                 row.setdefault(key, {})[str(t)] = r[key][str(t)]
         for key in ("ann_macs", "layer_firing_rates", "energy_model", "activity_images"):

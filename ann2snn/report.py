@@ -70,7 +70,9 @@ def format_cost_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> s
     return "\n".join(lines)
 
 
-def plot_cost(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:  # fmt: skip
+def plot_cost(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title: str = ""
+) -> dict[str, Path]:
     """``accuracy_vs_energy.png`` (accuracy against SNN/ANN energy, one point per T and
     method) and ``firing_rates.png`` (each layer's firing rate, one bar group per method)."""
     import matplotlib
@@ -108,8 +110,12 @@ def plot_cost(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, title:
     width = 0.8 / max(len(rows), 1)
     for i, r in enumerate(rows):
         rates = r["layer_firing_rates"]
-        ax.bar([j + i * width for j in range(len(rates))], list(rates.values()), width,
-               label=r["label"])  # fmt: skip
+        ax.bar(
+            [j + i * width for j in range(len(rates))],
+            list(rates.values()),
+            width,
+            label=r["label"],
+        )
         if i == 0:
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rates))])
             ax.set_xticklabels(list(rates), rotation=60, ha="right", fontsize=6)
@@ -127,7 +133,11 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
-_YLABELS = {"accuracy": "test accuracy (%)", "map50": "test mAP@0.5 (%)", "map": "test mAP@[.5:.95] (%)"}  # fmt: skip
+_YLABELS = {
+    "accuracy": "test accuracy (%)",
+    "map50": "test mAP@0.5 (%)",
+    "map": "test mAP@[.5:.95] (%)",
+}
 
 
 def plot_accuracy(

@@ -77,45 +77,59 @@ def evaluate_run(
             f"{checkpoint}: the checkpoint record names no dataset; it was not written by "
             "ann2snn train"
         )
-    loaders = create_loaders(record.dataset, data_dir=data_dir, batch_size=batch_size,
-                             device=dev, augment=False, limit_test=limit_test, download=download)  # fmt: skip
+    loaders = create_loaders(
+        record.dataset,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        device=dev,
+        augment=False,
+        limit_test=limit_test,
+        download=download,
+    )
     steps = sorted(set(steps or DEFAULT_STEPS))
     options = neuron_options(neuron, record.levels, tau)
     label = _label(record.act, neuron, options)
     if record.task == "detection":
-        given = {"calibrate": calibrate, "activity": activity, "compiled": compiled,
-                 "dtype": dtype is not None}  # fmt: skip
-        if names := [n for n, on in given.items() if on]:
-            flags = ", ".join(
-                f"{n} (--{'compile-neurons' if n == 'compiled' else n})" for n in names
-            )
-            raise ValueError(f"{flags}: not available for detection runs (yet)")
+        _refuse_for_detection(
+            calibrate=calibrate, activity=activity, compiled=compiled, dtype=dtype
+        )
         row = _detection_row(model, loaders.test, neuron, steps, sleep, margin, label, options)
     else:
         test = (
             ShardedLoader(loaders.test, rt.rank, rt.world_size) if rt.distributed else loaders.test
         )
-        if compiled:
-            options["compiled"] = True
-        if activity:
-            options.update(activity=True, activity_batches=activity_batches)
-        per_T = False
-        if calibrate:
-            if loaders.val is None:
-                raise ValueError("calibrate needs the validation split; this dataset has none")
-            cal = {"method": calibrate, "data": loaders.val, "batches": calib_batches}
-            options["post_calibration"] = cal | ({"T": calib_T} if calib_T else {})
-            per_T = calib_T is None and len(steps) > 1
-            label += f", {calibrate}-calibrated" + (f" at T={calib_T}" if calib_T else "")
+        label += _add_options(
+            options,
+            loaders.val,
+            steps,
+            calibrate,
+            calib_T,
+            calib_batches,
+            activity,
+            activity_batches,
+            compiled,
+        )
+        per_T = "post_calibration" in options and calib_T is None and len(steps) > 1
         progress = progress and rt.is_primary
         if (sleep and margin is None and len(steps) > 1) or per_T:
-            row = evaluate_wake_sleep(model, test, steps, sleep, progress, label=label,
-                                      neuron=neuron, **options)  # fmt: skip
+            row = evaluate_wake_sleep(
+                model, test, steps, sleep, progress, label=label, neuron=neuron, **options
+            )
         else:
             data = loaders.val if needs_threshold_data(record.act) else None
-            row = evaluate_snn(model, test, neuron, T=max(steps), sleep=sleep, margin=margin,
-                               dtype=dtype, progress=progress, label=label, calibration=data,
-                               **options)  # fmt: skip
+            row = evaluate_snn(
+                model,
+                test,
+                neuron,
+                T=max(steps),
+                sleep=sleep,
+                margin=margin,
+                dtype=dtype,
+                progress=progress,
+                label=label,
+                calibration=data,
+                **options,
+            )
         row["ann_accuracy"] = ann_accuracy(model, test)
         if rt.distributed:
             _sum_accuracies(row, test, rt)
@@ -131,8 +145,49 @@ def evaluate_run(
     }
 
 
-def _detection_row(model: Any, test: Any, neuron: str, steps: list[int], sleep: int,
-                   margin: int | None, label: str, options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _refuse_for_detection(**given: Any) -> None:
+    """Name the options a detection run cannot take (yet), by their CLI flags."""
+    flags = {"compiled": "--compile-neurons"}
+    if names := [flags.get(n, f"--{n}") for n, value in given.items() if value]:
+        raise ValueError(f"{', '.join(names)}: not available for detection runs (yet)")
+
+
+def _add_options(
+    options: dict[str, Any],
+    val: Any,
+    steps: list[int],
+    calibrate: str | None,
+    calib_T: int | None,
+    calib_batches: int,
+    activity: bool,
+    activity_batches: int | None,
+    compiled: bool,
+) -> str:
+    """Add the evaluation's options (compiled neurons, activity counting, post-conversion
+    calibration on the validation split ``val``) to ``options``; the label's suffix."""
+    if compiled:
+        options["compiled"] = True
+    if activity:
+        options.update(activity=True, activity_batches=activity_batches)
+    if not calibrate:
+        return ""
+    if val is None:
+        raise ValueError("calibrate needs the validation split; this dataset has none")
+    cal = {"method": calibrate, "data": val, "batches": calib_batches}
+    options["post_calibration"] = cal | ({"T": calib_T} if calib_T else {})
+    return f", {calibrate}-calibrated" + (f" at T={calib_T}" if calib_T else "")
+
+
+def _detection_row(
+    model: Any,
+    test: Any,
+    neuron: str,
+    steps: list[int],
+    sleep: int,
+    margin: int | None,
+    label: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
     """A detector's row: SNN mAP at every T and the ANN's mAP."""
     from .detection import ann_map, detector_spec, evaluate_detection_snn
 
@@ -194,13 +249,17 @@ def export_run(
     record = RunRecord.of(model)
     calibration = None
     if needs_threshold_data(record.act):  # θ from data: the 99.9th percentile on validation
-        calibration = create_loaders(record.dataset, data_dir=data_dir, batch_size=256,
-                                     augment=False).val  # fmt: skip
+        calibration = create_loaders(
+            record.dataset, data_dir=data_dir, batch_size=256, augment=False
+        ).val
     snn = convert(model, neuron, calibration=calibration, **options)
     example = example_input(record, data_dir)
     out = Path(out)
     if sleep and fmt != "nir":
-        raise ValueError(f"export: --sleep {sleep} is carried by NIR only (an exported {fmt} graph cannot switch biases off)")  # fmt: skip
+        raise ValueError(
+            f"export: --sleep {sleep} is carried by NIR only (an exported {fmt} graph cannot "
+            "switch biases off)"
+        )
     if fmt == "nir":
         return out, export_nir(snn, out, example, sleep=sleep)
     if fmt == "onnx":

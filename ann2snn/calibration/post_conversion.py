@@ -63,8 +63,13 @@ class CalibrationLog:
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "T": self.T, "images": self.images,
-                "seconds": self.seconds, "layers": self.layers}  # fmt: skip
+        return {
+            "method": self.method,
+            "T": self.T,
+            "images": self.images,
+            "seconds": self.seconds,
+            "layers": self.layers,
+        }
 
 
 def _channel_mean(t: Tensor) -> Tensor:
@@ -81,7 +86,9 @@ def _feeding_layer(body: nn.Module, neuron_name: str) -> nn.Module | None:
     if not isinstance(body, fx.GraphModule):
         return None
     modules = dict(body.named_modules())
-    node = next((n for n in body.graph.nodes if n.op == "call_module" and n.target == neuron_name), None)  # fmt: skip
+    node = next(
+        (n for n in body.graph.nodes if n.op == "call_module" and n.target == neuron_name), None
+    )
     src = node.args[0] if node is not None and node.args else None
     while isinstance(src, fx.Node) and len(src.users) == 1:
         if src.op == "call_module" and isinstance(modules.get(src.target), _BIASED):
@@ -95,7 +102,11 @@ def _feeding_layer(body: nn.Module, neuron_name: str) -> nn.Module | None:
 
 def _add_bias(layer: nn.Module, delta: Tensor) -> None:
     """``layer.bias += delta`` (delta ``[C]`` or 0-dim), creating a zero bias if absent."""
-    channels = layer.weight.shape[0] if not isinstance(layer, nn.modules.batchnorm._BatchNorm) else layer.num_features  # fmt: skip
+    channels = (
+        layer.weight.shape[0]
+        if not isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        else layer.num_features
+    )
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(channels, device=layer.weight.device))
     with torch.no_grad():
@@ -117,15 +128,22 @@ class _Reference:
         for x in inputs:
             acts, out = ann_activations(ref, x)
             self.outputs.append(out)  # [B, out...]
-            self.means.append({
-                name: _channel_mean(torch.minimum(a.clamp_min(0), thresholds[name]))
-                for name, a in acts.items()
-            })  # fmt: skip
+            self.means.append(
+                {
+                    name: _channel_mean(torch.minimum(a.clamp_min(0), thresholds[name]))
+                    for name, a in acts.items()
+                }
+            )
             self.ranks.update({name: a.dim() for name, a in acts.items()})
 
 
-def _measure(reference: _Reference, net: SpikingNetwork, inputs: list[Tensor],
-             schedule: Schedule, max_fold: int) -> tuple[dict[str, Tensor], float]:  # fmt: skip
+def _measure(
+    reference: _Reference,
+    net: SpikingNetwork,
+    inputs: list[Tensor],
+    schedule: Schedule,
+    max_fold: int,
+) -> tuple[dict[str, Tensor], float]:
     """One T-step simulation of ``net`` per batch, every layer observed at once: per layer
     E[a_ANN − r_SNN] per channel (``[C]``, averaged over the batches), and the squared
     error of the network's time-averaged output to the ANN's (mean over elements)."""
@@ -158,15 +176,17 @@ def layer_gaps(
     inputs = [x.to(dev) for x in iter_inputs(data, batches)]
     out: dict[str, float] = {}
     with eval_mode(snn, ref), torch.no_grad():
-        gaps, _ = _measure(_Reference(ref, inputs), snn, inputs, Schedule(T, sleep),
-                           default_max_fold(dev))  # fmt: skip
+        gaps, _ = _measure(
+            _Reference(ref, inputs), snn, inputs, Schedule(T, sleep), default_max_fold(dev)
+        )
         for name, neuron in snn.spiking_layers():
             out[name] = float(gaps[name].abs().mean()) / float(neuron.threshold)
     return out
 
 
-def _apply(method: str, neuron: SpikingNeuron, feeding: nn.Module | None, gap: Tensor, T: int,
-           rank: int):  # fmt: skip
+def _apply(
+    method: str, neuron: SpikingNeuron, feeding: nn.Module | None, gap: Tensor, T: int, rank: int
+):
     """Apply the correction for ``gap`` (``[C]`` or 0-dim); returns a function undoing it."""
     if method == "bias":
         _add_bias(feeding, gap)
@@ -221,9 +241,14 @@ def calibrate(
     measured gap is zero and calibration leaves them as they are.
     """
     if not isinstance(snn, SpikingNetwork):
-        raise TypeError(f"calibrate: snn must be a SpikingNetwork (from ann2snn.convert), got {type(snn).__name__}")  # fmt: skip
+        raise TypeError(
+            "calibrate: snn must be a SpikingNetwork (from ann2snn.convert), got "
+            f"{type(snn).__name__}"
+        )
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibrate: method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")  # fmt: skip
+        raise ValueError(
+            f"calibrate: method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
     positive_int("T", T)
     positive_int("batches", batches)
     if (snn.config.get("calibration") or {}).get("method") == "bias":
@@ -235,7 +260,10 @@ def calibrate(
     positive_int("rounds", rounds)
     if rounds > 1:
         if method != "offset":
-            raise ValueError(f"calibrate: rounds > 1 needs method='offset' (a bias calibration is measured against the network as converted), got method={method!r}")  # fmt: skip
+            raise ValueError(
+                "calibrate: rounds > 1 needs method='offset' (a bias calibration is measured "
+                f"against the network as converted), got method={method!r}"
+            )
         for _ in range(rounds - 1):
             snn = calibrate(snn, data, T, method, batches, sleep, per_channel, guard, log)
     schedule = Schedule(T, sleep)
@@ -263,8 +291,10 @@ def calibrate(
                 )
             gap = gaps[name] if per_channel else gaps[name].mean()
             theta = float(neuron.threshold)
-            entry = {"mean_abs_gap_over_theta": float(gap.abs().mean()) / theta,
-                     "output_mse_before": mse}  # fmt: skip
+            entry = {
+                "mean_abs_gap_over_theta": float(gap.abs().mean()) / theta,
+                "output_mse_before": mse,
+            }
             undo = _apply(method, neuron, feeding, gap, T, reference.ranks[name])
             # The corrected network, measured once: it decides the guard and gives the
             # next layers' gaps (the layers before are unchanged from here on).
@@ -282,8 +312,10 @@ def calibrate(
             log.layers[name] = entry
     log.seconds = time.perf_counter() - start
     previous = net.config.get("calibration")
-    net.config = {**net.config, "calibration": {"method": method, "T": T, "images": log.images,
-                                                "per_channel": per_channel}}  # fmt: skip
+    net.config = {
+        **net.config,
+        "calibration": {"method": method, "T": T, "images": log.images, "per_channel": per_channel},
+    }
     if previous:
         net.config["calibration"]["after"] = previous
     return net

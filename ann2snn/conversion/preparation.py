@@ -42,7 +42,9 @@ def is_prepared(model: nn.Module) -> bool:
 
 def _validate(act: str, levels: int, pool: str, percentile: float, batches: int) -> None:
     if act not in list_activations():
-        raise ValueError(f"act: unknown activation {act!r}; choose one of {', '.join(list_activations())}")  # fmt: skip
+        raise ValueError(
+            f"act: unknown activation {act!r}; choose one of {', '.join(list_activations())}"
+        )
     positive_int("levels", levels)
     if pool not in ("avg", "max"):
         raise ValueError(f"pool must be 'avg' (convertible by every neuron) or 'max', got {pool!r}")

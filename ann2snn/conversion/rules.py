@@ -33,9 +33,22 @@ from torch import nn
 from ..nn.activations import is_quantized_activation
 from ..nn.state import is_stateful_module
 
-__all__ = ["Rule", "Match", "RULES", "classify", "QUANTIZED", "RELU", "MAXPOOL", "STATELESS",
-           "SPIKING", "UNSUPPORTED", "ACTIVATION_KINDS", "pool_arguments", "lipool_geometry",
-           "function_name"]  # fmt: skip
+__all__ = [
+    "Rule",
+    "Match",
+    "RULES",
+    "classify",
+    "QUANTIZED",
+    "RELU",
+    "MAXPOOL",
+    "STATELESS",
+    "SPIKING",
+    "UNSUPPORTED",
+    "ACTIVATION_KINDS",
+    "pool_arguments",
+    "lipool_geometry",
+    "function_name",
+]
 
 QUANTIZED, RELU, MAXPOOL = "quantized", "relu", "maxpool"
 STATELESS, SPIKING, UNSUPPORTED = "stateless", "spiking", "unsupported"
@@ -187,15 +200,44 @@ def _not_running_stats(_n: fx.Node, m: nn.Module | None, _meta: set[fx.Node]) ->
 
 _META_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "requires_grad"}
 _META_METHODS = {"size", "dim", "numel", "ndimension", "nelement", "get_device"}
-_COMPARISONS = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
-                operator.floordiv, operator.mod, operator.not_, operator.and_, operator.or_,
-                operator.truth, len, int, float, bool}  # fmt: skip
+_COMPARISONS = {
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.floordiv,
+    operator.mod,
+    operator.not_,
+    operator.and_,
+    operator.or_,
+    operator.truth,
+    len,
+    int,
+    float,
+    bool,
+}
 _CLAMP_FUNCS = frozenset({torch.clamp, torch.clip, torch.clamp_min})
 _CLAMP_METHODS = frozenset({"clamp", "clip", "clamp_min", "clamp_", "clip_", "clamp_min_"})
-_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)  # fmt: skip
-_MAXPOOL_FUNCS = frozenset({F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
-                            F.adaptive_max_pool2d, F.adaptive_max_pool3d})  # fmt: skip
+_MAXPOOL_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_MAXPOOL_FUNCS = frozenset(
+    {
+        F.max_pool1d,
+        F.max_pool2d,
+        F.max_pool3d,
+        F.adaptive_max_pool1d,
+        F.adaptive_max_pool2d,
+        F.adaptive_max_pool3d,
+    }
+)
 _STATELESS_MODULES = (
     nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.AvgPool1d,
     nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -218,11 +260,16 @@ _LINEAR_METHODS = frozenset({
     "expand_as", "view_as", "reshape_as", "narrow", "to", "float", "half", "bfloat16",
     "type_as", "clone", "unflatten",
 })  # fmt: skip
-_SCALAR_FUNCS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv,
-                           torch.mul, torch.div})  # fmt: skip
+_SCALAR_FUNCS = frozenset(
+    {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
+)
 _SCALAR_METHODS = frozenset({"mul", "mul_", "div", "div_"})
-_PER_SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
-                     nn.LocalResponseNorm)  # fmt: skip
+_PER_SAMPLE_NORMS = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
 
 RULES: list[Rule] = [
     Rule("spiking module", SPIKING, modules=(nn.Module,),

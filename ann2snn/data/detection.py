@@ -95,9 +95,21 @@ class SceneLoader(EpochLoader):
     ``items``/``labels`` on first use, so a split nobody reads costs nothing; ``flip``
     mirrors half the images of every epoch (seeded by epoch)."""
 
-    def __init__(self, items: np.ndarray, labels: np.ndarray, n: int, scene_seed: int,
-                 size: int, stats: tuple, batch_size: int, *, shuffle: bool = False,
-                 flip: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        items: np.ndarray,
+        labels: np.ndarray,
+        n: int,
+        scene_seed: int,
+        size: int,
+        stats: tuple,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        flip: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self._source, self._made = (items, labels, n, scene_seed, size), None
         self.mean, self.std = (torch.tensor(s, device=self.device).view(1, -1, 1, 1) for s in stats)
@@ -176,9 +188,19 @@ def _collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 class PhotoLoader(EpochLoader):
     """A torch ``DataLoader`` over VOC/COCO samples with the loaders' interface."""
 
-    def __init__(self, samples: list, indices: Tensor, size: int, batch_size: int, *,
-                 shuffle: bool, flip: bool, seed: int, num_workers: int,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        samples: list,
+        indices: Tensor,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        flip: bool,
+        seed: int,
+        num_workers: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.dataset, self.indices = _PhotoDataset(samples, size), indices
         self.batch_size, self.shuffle, self.flip, self.seed = batch_size, shuffle, flip, seed
         self.num_workers, self.device = num_workers, torch.device(device)
@@ -188,10 +210,15 @@ class PhotoLoader(EpochLoader):
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         flips = (torch.rand(n, generator=g) < 0.5) & self.flip
+        sampler = list(zip(self.indices[order].tolist(), flips.tolist()))
         loader = torch.utils.data.DataLoader(
-            self.dataset, self.batch_size, sampler=list(zip(self.indices[order].tolist(), flips.tolist())),
-            num_workers=self.num_workers, collate_fn=_collate, generator=g,
-        )  # fmt: skip
+            self.dataset,
+            self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            generator=g,
+        )
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -217,14 +244,15 @@ def _load_voc(data_dir: str | os.PathLike | None) -> tuple[list, list]:
         raise dataset_not_found(
             "PASCAL VOC (VOCdevkit/VOC2007)",
             [str(c / "VOCdevkit" / "VOC2007") for c in candidates]
-            or ["nowhere: no data_dir given, $ANN2SNN_DATA unset"],  # fmt: skip
+            or ["nowhere: no data_dir given, $ANN2SNN_DATA unset"],
             "download VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar (and VOC2012 "
             "trainval if wanted), unpack them into one folder (it then holds VOCdevkit/) and "
             "pass --data-dir (data_dir=).",
         )
 
     def part(year: str, image_set: str) -> list:
-        if not (root / "VOCdevkit" / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt").is_file():  # fmt: skip
+        split_file = root / "VOCdevkit" / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt"
+        if not split_file.is_file():
             return []
         ds = VOCDetection(str(root), year=year, image_set=image_set, download=False)
         ds.ann2snn_rows = _voc_rows
@@ -238,7 +266,7 @@ def _load_voc(data_dir: str | os.PathLike | None) -> tuple[list, list]:
             [
                 str(root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / f"{s}.txt")
                 for s in ("trainval", "test")
-            ],  # fmt: skip
+            ],
             "unpack both the VOC2007 trainval and test archives into the same folder",
         )
     return train, test
@@ -267,8 +295,17 @@ def _load_coco(data_dir: str | os.PathLike | None) -> tuple[list, list, int]:
             raise ValueError(f"{root}: train2017 and val2017 list different categories")
 
         def rows(target: list, ids: dict = ids) -> Tensor:
-            r = [(ids[a["category_id"]], a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                  a["bbox"][1] + a["bbox"][3]) for a in target if not a.get("iscrowd", 0)]  # fmt: skip
+            r = [
+                (
+                    ids[a["category_id"]],
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                )
+                for a in target
+                if not a.get("iscrowd", 0)
+            ]
             return torch.tensor(r, dtype=torch.float32).view(-1, 5)
 
         ds.ann2snn_rows = rows
@@ -294,7 +331,9 @@ def create_detection_loaders(
     ``image_size`` overrides the input side (64 for scenes, 416 for VOC/COCO)."""
     key = _key(name)
     if key not in DETECTION_DATASETS:
-        raise ValueError(f"unknown detection dataset {name!r}; choose from {list(DETECTION_DATASETS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown detection dataset {name!r}; choose from {list(DETECTION_DATASETS)}"
+        )
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     device = device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
@@ -314,9 +353,19 @@ def create_detection_loaders(
             n = min(_SCENE_COUNTS[split], limit or _SCENE_COUNTS[split])
             src_x, src_y = (test_x, test_y) if split == "test" else (train_x, train_y)
             train = split == "train"
-            out[split] = SceneLoader(src_x[idx], src_y[idx], n, seed * 10 + i, size, _SCENE_STATS,
-                                     batch_size if train else ebs, shuffle=train,
-                                     flip=train and augment, seed=seed, device=device)  # fmt: skip
+            out[split] = SceneLoader(
+                src_x[idx],
+                src_y[idx],
+                n,
+                seed * 10 + i,
+                size,
+                _SCENE_STATS,
+                batch_size if train else ebs,
+                shuffle=train,
+                flip=train and augment,
+                seed=seed,
+                device=device,
+            )
         return Loaders(out["train"], out["val"], out["test"], 10, 1, size, key, *_SCENE_STATS)
     size = image_size or 416
     if key == "voc":
@@ -334,7 +383,19 @@ def create_detection_loaders(
     out = {}
     for split, (samples, idx) in splits.items():
         train = split == "train"
-        out[split] = PhotoLoader(samples, idx, size, batch_size if train else ebs, shuffle=train,
-                                 flip=train and augment, seed=seed, num_workers=num_workers,
-                                 device=device) if len(idx) else None  # fmt: skip
+        out[split] = (
+            PhotoLoader(
+                samples,
+                idx,
+                size,
+                batch_size if train else ebs,
+                shuffle=train,
+                flip=train and augment,
+                seed=seed,
+                num_workers=num_workers,
+                device=device,
+            )
+            if len(idx)
+            else None
+        )
     return Loaders(out["train"], out["val"], out["test"], classes, 3, size, key, *_PHOTO_STATS)

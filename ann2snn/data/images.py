@@ -18,8 +18,7 @@ import math
 import os
 import pickle
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import (
-    DatasetNotFoundError,
     EpochLoader,
     Loaders,
     cache_dir,
@@ -183,8 +181,16 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
-            AttributeError, ImportError, IndexError) as e:  # fmt: skip
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+    ) as e:
         raise ValueError(
             f"{path}: cannot read this CIFAR batch ({type(e).__name__}: {e}); the file is "
             "damaged or not a CIFAR pickle — download the dataset again"

@@ -83,13 +83,15 @@ def make_scenes(
             patch, s = patches[k], int(side[k])
             label = labels[pick[k]]
             k += 1
-            rows, cols = np.flatnonzero((patch > _VISIBLE).any(1)), np.flatnonzero((patch > _VISIBLE).any(0))  # fmt: skip
+            visible = patch > _VISIBLE
+            rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
             if len(rows) == 0:
                 continue  # a blank item has no box
             for _ in range(tries):
                 x0, y0 = rng.integers(0, size - s + 1, 2)
-                box = np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
-                               np.float32)  # fmt: skip
+                box = np.array(
+                    [x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1], np.float32
+                )
                 if not placed or _iou(box, np.stack(placed)).max() <= max_iou:
                     break
             else:

@@ -96,8 +96,9 @@ def _binary_if(theta: Tensor, v0: Tensor, members: int, channels: int, rank: int
     return n
 
 
-def _replace_group(gm: fx.GraphModule, node: fx.Node, gn: GroupNeuron, rank: int,
-                   channels: int) -> fx.Node:  # fmt: skip
+def _replace_group(
+    gm: fx.GraphModule, node: fx.Node, gn: GroupNeuron, rank: int, channels: int
+) -> fx.Node:
     """GN site → MemberExpand → binary IF members → MemberSum; returns the sum's node."""
     name = node.target
     v0 = gn.initial_membrane()
@@ -121,8 +122,7 @@ def _replace_group(gm: fx.GraphModule, node: fx.Node, gn: GroupNeuron, rank: int
 # Ops a scale commutes with on the way to the layer that absorbs it (linear, shape-only).
 _PASS_FUNCS = {torch.flatten, F.avg_pool2d, F.adaptive_avg_pool2d, torch.reshape}
 _PASS_METHODS = {"flatten", "view", "reshape", "contiguous"}
-_PASS_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout,
-                 MemberSum)  # fmt: skip
+_PASS_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, MemberSum)
 _ABSORB = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -175,7 +175,7 @@ def _shapes(net: SpikingNetwork, example: Tensor) -> dict[str, torch.Size]:
     handles = [
         m.register_forward_pre_hook(lambda m, a, name=name: shapes.__setitem__(name, a[0].shape))
         for name, m in net.spiking_layers()
-    ]  # fmt: skip
+    ]
     try:
         with torch.no_grad():
             net.reset()
@@ -202,12 +202,17 @@ def binarize(snn: SpikingNetwork, example: Tensor, fold: bool = True) -> Spiking
             without a binary form), naming it.
     """
     if not isinstance(snn, SpikingNetwork):
-        raise TypeError(f"binarize: snn must be a SpikingNetwork (from ann2snn.convert), got {type(snn).__name__}")  # fmt: skip
+        raise TypeError(
+            "binarize: snn must be a SpikingNetwork (from ann2snn.convert), got "
+            f"{type(snn).__name__}"
+        )
     if is_binarized(snn):
         raise ValueError("binarize: the network is binarized already")
     net = copy.deepcopy(snn)
     if not isinstance(net.body, fx.GraphModule):
-        raise ValueError("binarize: the network has no graph (it was not traced); binarize needs one")  # fmt: skip
+        raise ValueError(
+            "binarize: the network has no graph (it was not traced); binarize needs one"
+        )
     for name, n in net.spiking_layers():
         if type(n) not in (IFNeuron, GroupNeuron, ConsistentIF):
             raise ValueError(

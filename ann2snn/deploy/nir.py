@@ -45,7 +45,9 @@ def _nir():
     try:
         import nir
     except ImportError as e:  # an optional dependency: say how to get it
-        raise ImportError("NIR export/import needs the 'nir' package: pip install 'ann2snn[export]'") from e  # fmt: skip
+        raise ImportError(
+            "NIR export/import needs the 'nir' package: pip install 'ann2snn[export]'"
+        ) from e
     return nir
 
 
@@ -66,7 +68,9 @@ def _pool_geometry(module_or_args: Any, in_shape: tuple[int, ...], out_shape: tu
     else:  # adaptive: exact as a plain pool when the output divides the input
         (h, w), (oh, ow) = in_shape[-2:], out_shape[-2:]
         if h % oh or w % ow:
-            raise NIRExportError(f"adaptive average pool {in_shape} → {out_shape} is not a fixed pool")  # fmt: skip
+            raise NIRExportError(
+                f"adaptive average pool {in_shape} → {out_shape} is not a fixed pool"
+            )
         k = s = (h // oh, w // ow)
         p = 0
     pair = lambda v: np.array(v if isinstance(v, tuple | list) else (v, v))  # noqa: E731
@@ -78,12 +82,18 @@ def _neuron_node(nir, n: SpikingNeuron, shape: tuple[int, ...]):
     ones = np.ones(shape, np.float32)
     theta = float(n.threshold)
     v0 = torch.zeros(shape) + n.initial_membrane().detach().cpu().float()  # [C, ...] per neuron
-    meta: dict[str, Any] = {"format": FORMAT, "neuron": "cif" if isinstance(n, ConsistentIF) else "if",
-                            "reset": "subtract", "v_init": _np(v0), "spike": "binary"}  # fmt: skip
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "neuron": "cif" if isinstance(n, ConsistentIF) else "if",
+        "reset": "subtract",
+        "v_init": _np(v0),
+        "spike": "binary",
+    }
     if isinstance(n, ConsistentIF):
         meta.update(gamma=n.gamma, negative_spikes=int(n.negative_spikes))
-    return nir.IF(r=ones, v_threshold=ones * theta, v_reset=np.zeros_like(ones),
-                  metadata={"ann2snn": meta})  # fmt: skip
+    return nir.IF(
+        r=ones, v_threshold=ones * theta, v_reset=np.zeros_like(ones), metadata={"ann2snn": meta}
+    )
 
 
 def _member_map(nir, module: nn.Module, in_shape, out_shape):
@@ -94,9 +104,16 @@ def _member_map(nir, module: nn.Module, in_shape, out_shape):
     w = eye.repeat(members, 1) if isinstance(module, MemberExpand) else eye.repeat(1, members)
     meta = {"ann2snn": {"format": FORMAT, "op": type(module).__name__, "members": members}}
     if len(in_shape) == 3:
-        return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=_np(w[:, :, None, None]), stride=1,
-                          padding=0, dilation=1, groups=1, bias=np.zeros(cout, np.float32),
-                          metadata=meta)  # fmt: skip
+        return nir.Conv2d(
+            input_shape=tuple(in_shape[1:]),
+            weight=_np(w[:, :, None, None]),
+            stride=1,
+            padding=0,
+            dilation=1,
+            groups=1,
+            bias=np.zeros(cout, np.float32),
+            metadata=meta,
+        )
     return nir.Affine(weight=_np(w), bias=np.zeros(cout, np.float32), metadata=meta)
 
 
@@ -109,9 +126,15 @@ def _map_node(nir, gm: fx.GraphModule, node: fx.Node):
         if isinstance(m, SpikingNeuron):
             return _neuron_node(nir, m, out_shape)
         if isinstance(m, nn.Conv2d):
-            return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=_np(m.weight), stride=m.stride,
-                              padding=m.padding, dilation=m.dilation, groups=m.groups,
-                              bias=_np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32))  # fmt: skip
+            return nir.Conv2d(
+                input_shape=tuple(in_shape[1:]),
+                weight=_np(m.weight),
+                stride=m.stride,
+                padding=m.padding,
+                dilation=m.dilation,
+                groups=m.groups,
+                bias=_np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32),
+            )
         if isinstance(m, nn.Linear):
             bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
             return nir.Affine(weight=_np(m.weight), bias=bias)
@@ -126,27 +149,40 @@ def _map_node(nir, gm: fx.GraphModule, node: fx.Node):
             return _member_map(nir, m, in_shape, out_shape)
         if isinstance(m, nn.BatchNorm2d):  # not after a conv: a depthwise 1×1 conv
             scale = m.weight / torch.sqrt(m.running_var + m.eps)
-            return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=_np(scale[:, None, None, None]),
-                              stride=1, padding=0, dilation=1, groups=m.num_features,
-                              bias=_np(m.bias - m.running_mean * scale))  # fmt: skip
+            return nir.Conv2d(
+                input_shape=tuple(in_shape[1:]),
+                weight=_np(scale[:, None, None, None]),
+                stride=1,
+                padding=0,
+                dilation=1,
+                groups=m.num_features,
+                bias=_np(m.bias - m.running_mean * scale),
+            )
         if isinstance(m, nn.Identity | nn.Dropout):
             return None
         raise NIRExportError(f"NIR has no node for layer {node.target!r} ({type(m).__name__})")
     target = node.target
     if target in (operator.add, torch.add):
-        return nir.Scale(np.ones(out_shape, np.float32), metadata={"ann2snn": {"format": FORMAT, "op": "add"}})  # fmt: skip
+        return nir.Scale(
+            np.ones(out_shape, np.float32), metadata={"ann2snn": {"format": FORMAT, "op": "add"}}
+        )
     if target in (torch.flatten, "flatten", "view", "reshape"):
         if len(out_shape) == 1 and len(in_shape) > 1:
             return nir.Flatten({"input": np.array(in_shape)}, start_dim=0, end_dim=-1)
         if out_shape == in_shape:
             return None
     if target in (F.avg_pool2d, F.adaptive_avg_pool2d):
-        k, s, p = (_pool_geometry(None, in_shape, out_shape) if target is F.adaptive_avg_pool2d
-                   else _pool_geometry(nn.AvgPool2d(*node.args[1:], **node.kwargs), in_shape, out_shape))  # fmt: skip
+        k, s, p = (
+            _pool_geometry(None, in_shape, out_shape)
+            if target is F.adaptive_avg_pool2d
+            else _pool_geometry(nn.AvgPool2d(*node.args[1:], **node.kwargs), in_shape, out_shape)
+        )
         return nir.AvgPool2d(kernel_size=k, stride=s, padding=p)
     if target in ("contiguous",):
         return None
-    raise NIRExportError(f"NIR has no node for {node.op} {getattr(target, '__name__', target)!r} at {node.name!r}")  # fmt: skip
+    raise NIRExportError(
+        f"NIR has no node for {node.op} {getattr(target, '__name__', target)!r} at {node.name!r}"
+    )
 
 
 def _reader_losses(net: SpikingNetwork, sleep: int) -> list[str]:
@@ -208,10 +244,17 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
             edges += [(s, node.name) for a in inputs for s in source[a]]
             source[node] = [node.name]
         else:
-            raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")  # fmt: skip
+            raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")
     losses = _reader_losses(net, sleep)
-    meta = {"ann2snn": {"format": FORMAT, "neuron": snn.neuron, "layers": list(net.layers),
-                        "schedule": {"sleep": int(sleep)}, "reader_losses": losses}}  # fmt: skip
+    meta = {
+        "ann2snn": {
+            "format": FORMAT,
+            "neuron": snn.neuron,
+            "layers": list(net.layers),
+            "schedule": {"sleep": int(sleep)},
+            "reader_losses": losses,
+        }
+    }
     nir.write(str(path), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
     return losses
 
@@ -249,8 +292,12 @@ def _module_for(nir, node, metadata: bool = True) -> nn.Module:
     if isinstance(node, nir.IF):
         theta = float(np.asarray(node.v_threshold).reshape(-1)[0])
         if meta.get("neuron") == "cif":
-            n: SpikingNeuron = ConsistentIF(theta, v_init=0.0, gamma=int(meta.get("gamma", 1)),
-                                            negative_spikes=bool(meta.get("negative_spikes", 1)))  # fmt: skip
+            n: SpikingNeuron = ConsistentIF(
+                theta,
+                v_init=0.0,
+                gamma=int(meta.get("gamma", 1)),
+                negative_spikes=bool(meta.get("negative_spikes", 1)),
+            )
         else:
             n = IFNeuron(theta, v_init=0.0)
         v_init = t(meta["v_init"]) if "v_init" in meta else torch.zeros(())
@@ -263,9 +310,15 @@ def _module_for(nir, node, metadata: bool = True) -> nn.Module:
         return nn.Identity()
     if isinstance(node, nir.Conv2d):
         w = t(node.weight)
-        conv = nn.Conv2d(w.shape[1] * node.groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(np.atleast_1d(node.stride)),
-                         padding=tuple(np.atleast_1d(node.padding)), dilation=tuple(np.atleast_1d(node.dilation)),
-                         groups=node.groups)  # fmt: skip
+        conv = nn.Conv2d(
+            w.shape[1] * node.groups,
+            w.shape[0],
+            tuple(w.shape[2:]),
+            stride=tuple(np.atleast_1d(node.stride)),
+            padding=tuple(np.atleast_1d(node.padding)),
+            dilation=tuple(np.atleast_1d(node.dilation)),
+            groups=node.groups,
+        )
         with torch.no_grad():
             conv.weight.copy_(w)
             conv.bias.copy_(t(node.bias))
@@ -336,8 +389,12 @@ def import_nir(path: str | Path, metadata: bool = True) -> SpikingNetwork:
             layers.append(name)
     meta = (graph.metadata or {}).get("ann2snn", {})
     gm = fx.GraphModule(root, g)
-    config = {"binary": True, "source": "nir", "folded_scales": None,
-              "sleep": int(meta.get("schedule", {}).get("sleep", 0))}  # fmt: skip
+    config = {
+        "binary": True,
+        "source": "nir",
+        "folded_scales": None,
+        "sleep": int(meta.get("schedule", {}).get("sleep", 0)),
+    }
     return SpikingNetwork(gm, str(meta.get("neuron", "if")), layers, config)
 
 
@@ -349,7 +406,10 @@ def _topological(nodes: dict[str, Any], incoming: dict[str, list[str]]) -> list[
         if k in seen:
             return
         if k in stack:
-            raise ValueError(f"import_nir: the graph has a cycle through {k!r} (recurrent NIR graphs are not supported)")  # fmt: skip
+            raise ValueError(
+                f"import_nir: the graph has a cycle through {k!r} (recurrent NIR graphs are not "
+                "supported)"
+            )
         for s in incoming[k]:
             visit(s, stack + (k,))
         seen.add(k)

@@ -98,10 +98,20 @@ def export_onnx(
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as e:
-        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'ann2snn[export]'") from e  # fmt: skip
+        raise ImportError(
+            "ONNX export needs onnx and onnxscript: pip install 'ann2snn[export]'"
+        ) from e
     module, x, dims = _prepared(snn, example, T, time_input, binary)
     path = Path(path)
     with torch.no_grad():
-        torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["y"],
-                          dynamic_shapes=dims, dynamo=True, verbose=False)  # fmt: skip
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=dims,
+            dynamo=True,
+            verbose=False,
+        )
     return path

@@ -26,8 +26,14 @@ from ..nn.network import SpikingNetwork, device_of, eval_mode
 from ..simulation import Schedule, default_max_fold, run_schedule
 from .head import YoloSpec, decode, detector_spec, targets_to_list, yolo_loss
 
-__all__ = ["MapScorer", "evaluate_detector", "simulate_detection", "DetectionResult", "ann_map",
-           "evaluate_detection_snn"]  # fmt: skip
+__all__ = [
+    "MapScorer",
+    "evaluate_detector",
+    "simulate_detection",
+    "DetectionResult",
+    "ann_map",
+    "evaluate_detection_snn",
+]
 
 
 class MapScorer:
@@ -155,7 +161,9 @@ def simulate_detection(
                         t = by_index[i]
                         readout = total / wake_idx[i]  # mean over the wake steps so far
                         if not torch.isfinite(readout).all():
-                            raise ValueError("simulate_detection: the SNN's output holds NaN/inf values")  # fmt: skip
+                            raise ValueError(
+                                "simulate_detection: the SNN's output holds NaN/inf values"
+                            )
                         scorers[t].update(readout, y, spec)
                     i += 1
             images += y.shape[0]

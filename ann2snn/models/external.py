@@ -47,11 +47,15 @@ def _call_builder(fn: Any, spec: str, **kwargs: Any) -> tuple[nn.Module, set[str
     passed = {k: v for k, v in kwargs.items() if takes_all or k in params}
     model = fn(**passed)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model {spec!r}: the builder returned {type(model).__name__}, not an nn.Module")  # fmt: skip
+        raise ValueError(
+            f"model {spec!r}: the builder returned {type(model).__name__}, not an nn.Module"
+        )
     return model, set(passed)
 
 
-def _raw_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> tuple[nn.Module, bool]:  # fmt: skip
+def _raw_model(
+    spec: str, num_classes: int, in_channels: int, image_size: int
+) -> tuple[nn.Module, bool]:
     """(the unprepared architecture, whether it already takes ``in_channels``)."""
     source, _, name = spec.partition(":")
     if source == "torchvision":
@@ -59,14 +63,17 @@ def _raw_model(spec: str, num_classes: int, in_channels: int, image_size: int) -
 
         known = torchvision.models.list_models()
         if name not in known:
-            raise ValueError(f"model {spec!r}: torchvision has no model {name!r}{_suggest(name, known)}")  # fmt: skip
+            raise ValueError(
+                f"model {spec!r}: torchvision has no model {name!r}{_suggest(name, known)}"
+            )
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes), False
     if source == "timm":
         try:
             timm = importlib.import_module("timm")
         except ImportError:
             raise ValueError(
-                f"model {spec!r}: timm is not installed; `pip install timm` (or `make integrations`)"
+                f"model {spec!r}: timm is not installed; `pip install timm` (or `make "
+                "integrations`)"
             ) from None
         known = timm.list_models()
         if name not in known:
@@ -95,9 +102,17 @@ def _fit_input_channels(model: nn.Module, in_channels: int) -> None:
         if isinstance(m, nn.Conv2d):
             if m.in_channels == in_channels:
                 return
-            new = nn.Conv2d(in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                            m.dilation, m.groups if m.groups == 1 else in_channels,
-                            m.bias is not None, m.padding_mode)  # fmt: skip
+            new = nn.Conv2d(
+                in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups if m.groups == 1 else in_channels,
+                m.bias is not None,
+                m.padding_mode,
+            )
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, new)
             return
@@ -141,7 +156,9 @@ def build_external(
         ) from None
     if not isinstance(out, Tensor) or out.shape != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"model {spec!r}: expected logits of shape (B, {num_classes}), got {shape}")  # fmt: skip
+        raise ValueError(
+            f"model {spec!r}: expected logits of shape (B, {num_classes}), got {shape}"
+        )
     model.train(was_training)
     return prepare(model, act, levels, pool, **act_kwargs)
 
@@ -153,7 +170,10 @@ class PretrainedReport(dict):
     def summary(self) -> str:
         parts = [f"{len(self['loaded'])} tensors loaded from {self['path']}"]
         if self["adapted"]:
-            parts.append(f"{len(self['adapted'])} adapted to the input channels ({', '.join(self['adapted'])})")  # fmt: skip
+            parts.append(
+                f"{len(self['adapted'])} adapted to the input channels "
+                f"({', '.join(self['adapted'])})"
+            )
         if self["skipped"]:
             parts.append(f"{len(self['skipped'])} skipped ({', '.join(self['skipped'])})")
         if self["missing"]:
@@ -203,17 +223,27 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> PretrainedRepo
             if target.shape == value.shape:
                 target.copy_(value)
                 report["loaded"].append(name)
-            elif (value.dim() == 4 and value.shape[1] == 3 and target.shape[0] == value.shape[0]
-                  and target.shape[2:] == value.shape[2:]):  # fmt: skip
+            elif (
+                value.dim() == 4
+                and value.shape[1] == 3
+                and target.shape[0] == value.shape[0]
+                and target.shape[2:] == value.shape[2:]
+            ):
                 c = target.shape[1]
-                w = value.float().sum(1, keepdim=True) if c == 1 else value.float().repeat(1, -(-c // 3), 1, 1)[:, :c] * (3 / c)  # fmt: skip
+                w = (
+                    value.float().sum(1, keepdim=True)
+                    if c == 1
+                    else value.float().repeat(1, -(-c // 3), 1, 1)[:, :c] * (3 / c)
+                )
                 target.copy_(w.expand_as(target))
                 report["adapted"].append(name)
             else:
                 report["skipped"].append(f"{name} {tuple(value.shape)}→{tuple(target.shape)}")
     if not report["loaded"] and not report["adapted"]:
         example = ", ".join(list(state)[:3])
-        raise ValueError(f"init: none of the {len(state)} tensors in {path} fits the model (e.g. {example})")  # fmt: skip
+        raise ValueError(
+            f"init: none of the {len(state)} tensors in {path} fits the model (e.g. {example})"
+        )
     used = set(report["loaded"]) | set(report["adapted"])
     report["missing"] = [k for k in own if k not in used]
     return report

@@ -81,18 +81,28 @@ class TinyYOLO(nn.Module):
         pools = pools if pools is not None else (3 if image_size <= 128 else 5)
         if anchors is None:
             fractions = DEFAULT_ANCHORS["small" if image_size <= 128 else "large"]
-            anchors = tuple((round(w * image_size, 2), round(h * image_size, 2)) for w, h in fractions)  # fmt: skip
+            anchors = tuple(
+                (round(w * image_size, 2), round(h * image_size, 2)) for w, h in fractions
+            )
         self.yolo_spec = YoloSpec(num_classes, 2**pools, tuple(tuple(a) for a in anchors))
         layers: list[nn.Module] = []
         c_in = in_channels
         for i in range(pools + 1):
             c_out = 16 * 2**i
             # (N, c_in, H/2^i, W/2^i) -> (N, c_out, H/2^i, W/2^i)
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), make_act()]  # fmt: skip
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                make_act(),
+            ]
             if i < pools:
                 layers.append(make_pool(pool))
             c_in = c_out
-        layers += [nn.Conv2d(c_in, c_in, 3, padding=1, bias=False), nn.BatchNorm2d(c_in), make_act()]  # fmt: skip
+        layers += [
+            nn.Conv2d(c_in, c_in, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_in),
+            make_act(),
+        ]
         self.features = nn.Sequential(*layers)
         # (N, C, S, S) -> (N, A·(5+C), S, S): raw head, decoded outside the network.
         self.head = nn.Conv2d(c_in, self.yolo_spec.channels, 1)

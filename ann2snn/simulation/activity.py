@@ -99,8 +99,13 @@ class ActivityReport:
             raise ValueError(f"e_mac and e_ac must be > 0, got {e_mac!r}, {e_ac!r}")
         ann = e_mac * self.ann_macs
         snn = [e_ac * s + e_mac * m for s, m in zip(self.synops, self.snn_macs)]
-        return {"ann": ann, "snn": snn, "ratio": [e / ann if ann else float("nan") for e in snn],
-                "e_mac": e_mac, "e_ac": e_ac}  # fmt: skip
+        return {
+            "ann": ann,
+            "snn": snn,
+            "ratio": [e / ann if ann else float("nan") for e in snn],
+            "e_mac": e_mac,
+            "e_ac": e_ac,
+        }
 
     def index_at(self, wake: int) -> int:
         """Index of the last step with ``wake`` wake steps (after any sleep that follows)."""
@@ -109,21 +114,32 @@ class ActivityReport:
             raise ValueError(f"no step with {wake} wake steps (ran {max(self.wake_steps)})")
         return idx[-1]
 
-    def by_wake_steps(self, e_mac: float = E_MAC, e_ac: float = E_AC) -> dict[str, dict[str, float]]:  # fmt: skip
+    def by_wake_steps(
+        self, e_mac: float = E_MAC, e_ac: float = E_AC
+    ) -> dict[str, dict[str, float]]:
         """{t: synops, snn_macs, energy_ratio, firing_rate} after t wake steps (and sleep)."""
         en = self.energy(e_mac, e_ac)
         out = {}
         for w in sorted(set(self.wake_steps)):
             i = self.index_at(w)
-            out[str(w)] = {"synops": self.synops[i], "snn_macs": self.snn_macs[i],
-                           "energy_ratio": en["ratio"][i], "firing_rate": self.firing_rate[i],
-                           "total_steps": self.total_steps[i]}  # fmt: skip
+            out[str(w)] = {
+                "synops": self.synops[i],
+                "snn_macs": self.snn_macs[i],
+                "energy_ratio": en["ratio"][i],
+                "firing_rate": self.firing_rate[i],
+                "total_steps": self.total_steps[i],
+            }
         return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(synops=self.synops, snn_macs=self.snn_macs, firing_rate=self.firing_rate,
-                 energy=self.energy(), by_wake=self.by_wake_steps())  # fmt: skip
+        d.update(
+            synops=self.synops,
+            snn_macs=self.snn_macs,
+            firing_rate=self.firing_rate,
+            energy=self.energy(),
+            by_wake=self.by_wake_steps(),
+        )
         for layer, row in zip(self.layers, d["layers"]):
             row["firing_rate"] = layer.firing_rate()
         return d
@@ -133,8 +149,10 @@ class ActivityReport:
         width = max([len(layer.name) for layer in self.layers] + [5])
         lines = [f"{'layer':<{width}} {'neurons':>9} {'rate':>8} {'SynOps/img':>12}"]
         for layer in self.layers:
-            lines.append(f"{layer.name:<{width}} {layer.neurons:>9} {layer.firing_rate()[last]:>8.4f} "
-                         f"{sum(layer.synops):>12.4g}")  # fmt: skip
+            lines.append(
+                f"{layer.name:<{width}} {layer.neurons:>9} {layer.firing_rate()[last]:>8.4f} "
+                f"{sum(layer.synops):>12.4g}"
+            )
         e = self.energy()
         lines.append(
             f"after {self.wake_steps[last]} wake / {self.total_steps[last]} total steps: "
@@ -223,11 +241,19 @@ class ActivityMonitor:
         for name, _ in self.layers:
             ev = self.events[name]
             so = self.synops[name]
-            layers.append(LayerActivity(
-                name=name,
-                neurons=int(self.fanout[name].numel()),
-                events=[] if ev is None else (ev.double() / n).tolist(),
-                synops=[] if so is None else (so.double() / n).tolist(),
-            ))  # fmt: skip
-        return ActivityReport(layers, list(wake_steps), list(total_steps), self.images,
-                              float(self.ann_macs), float(self.analog_macs))  # fmt: skip
+            layers.append(
+                LayerActivity(
+                    name=name,
+                    neurons=int(self.fanout[name].numel()),
+                    events=[] if ev is None else (ev.double() / n).tolist(),
+                    synops=[] if so is None else (so.double() / n).tolist(),
+                )
+            )
+        return ActivityReport(
+            layers,
+            list(wake_steps),
+            list(total_steps),
+            self.images,
+            float(self.ann_macs),
+            float(self.analog_macs),
+        )

@@ -86,8 +86,9 @@ def _conv_taps(
     return taps[0, 0]
 
 
-def _conv_fanout(x: Tensor, weight_shape: torch.Size, groups: int, stride, padding, dilation,
-                 output_padding=None) -> Tensor:  # fmt: skip
+def _conv_fanout(
+    x: Tensor, weight_shape: torch.Size, groups: int, stride, padding, dilation, output_padding=None
+) -> Tensor:
     """Fan-out map of a convolution's input ``x`` (one image, ``[C, spatial...]``)."""
     kernel = tuple(weight_shape[2:])
     taps = _conv_taps(x, kernel, stride, padding, dilation, output_padding)
@@ -103,11 +104,19 @@ def _vjp(fn, inputs: list[Tensor], cotangent: Any) -> list[Tensor | None]:
         out = fn(*leaves)
         outs = out if isinstance(out, tuple | list) else (out,)
         cots = cotangent if isinstance(cotangent, tuple | list) else (cotangent,)
-        pairs = [(o, c) for o, c in zip(outs, cots) if isinstance(o, Tensor) and o.requires_grad and c is not None]  # fmt: skip
+        pairs = [
+            (o, c)
+            for o, c in zip(outs, cots)
+            if isinstance(o, Tensor) and o.requires_grad and c is not None
+        ]
         if not pairs:
             return [None] * len(inputs)
-        grads = torch.autograd.grad([o for o, _ in pairs], leaves,
-                                    [c.double().expand_as(o) for o, c in pairs], allow_unused=True)  # fmt: skip
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs],
+            leaves,
+            [c.double().expand_as(o) for o, c in pairs],
+            allow_unused=True,
+        )
     return [None if g is None else g.abs() for g in grads]
 
 
@@ -120,7 +129,9 @@ def _sum_pool_adjoint(x: Tensor, cotangent: Tensor, kernel, stride, padding, cei
         p = padding if isinstance(padding, int) else padding[0]
 
         def fn(t: Tensor) -> Tensor:
-            return F.avg_pool2d(t.unsqueeze(2), (1, k), (1, s), (0, p), ceil_mode, True, 1).squeeze(2)  # fmt: skip
+            return F.avg_pool2d(t.unsqueeze(2), (1, k), (1, s), (0, p), ceil_mode, True, 1).squeeze(
+                2
+            )
     else:
         pool = F.avg_pool2d if d == 2 else F.avg_pool3d
 
@@ -146,37 +157,18 @@ def _adaptive_adjoint(x: Tensor, cotangent: Tensor) -> Tensor:
     return out
 
 
-def _send_back(node: fx.Node, module: nn.Module | None, values: dict, f_out: Any) -> dict[fx.Node, Any]:  # fmt: skip
+def _send_back(
+    node: fx.Node, module: nn.Module | None, values: dict, f_out: Any
+) -> dict[fx.Node, Any]:
     """{input node: fan-out contribution} for one node whose output fan-out is ``f_out``."""
     inputs = [a for a in node.all_input_nodes if _is_tensor(values.get(a))]
     if not inputs:
         return {}
     x = values[inputs[0]]
-    first = {inputs[0]: None}
     # Weighted layers: terminal (their outputs reach neurons, not synapses).
-    if isinstance(module, nn.modules.conv._ConvNd):
-        first[inputs[0]] = _conv_fanout(x[0], module.weight.shape, module.groups,
-                                        module.stride, module.padding, module.dilation,
-                                        module.output_padding if module.transposed else None).unsqueeze(0)  # fmt: skip
-        return first
-    if isinstance(module, nn.Linear):
-        first[inputs[0]] = torch.full_like(x, float(module.out_features), dtype=torch.float64)
-        return first
-    if node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d):
-        w = values[node.args[1]] if isinstance(node.args[1], fx.Node) else node.args[1]
-        a = list(node.args) + [None] * 7
-        kw = node.kwargs
-        stride, padding = kw.get("stride", a[3] or 1), kw.get("padding", a[4] or 0)
-        dilation, groups = kw.get("dilation", a[5] or 1), kw.get("groups", a[6] or 1)
-        first[inputs[0]] = _conv_fanout(x[0], w.shape, groups, stride, padding, dilation).unsqueeze(0)  # fmt: skip
-        return first
-    if node.op == "call_function" and node.target is F.linear:
-        w = values[node.args[1]] if isinstance(node.args[1], fx.Node) else node.args[1]
-        first[inputs[0]] = torch.full_like(x, float(w.shape[0]), dtype=torch.float64)
-        return first
-    if isinstance(module, SpikingNeuron):  # a neuron reading spikes directly: one synapse each
-        first[inputs[0]] = torch.ones_like(x, dtype=torch.float64)
-        return first
+    terminal = _terminal_fanout(node, module, values, x)
+    if terminal is not None:
+        return {inputs[0]: terminal}
     if f_out is None:
         return {}
     # Fan-out passes unchanged through per-element affine maps.
@@ -186,38 +178,71 @@ def _send_back(node: fx.Node, module: nn.Module | None, values: dict, f_out: Any
         or (node.op == "call_method" and node.target in _PASS_METHODS | _SCALE_FUNCS)
     )
     if passes:
-        first[inputs[0]] = f_out.double().expand_as(x) if f_out.shape != x.shape else f_out
-        return first
-    # Pools: every window an element belongs to.
-    pool = module
-    if isinstance(pool, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d):
-        first[inputs[0]] = _sum_pool_adjoint(x, f_out, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)  # fmt: skip
-        return first
-    if isinstance(pool, LIPool | nn.MaxPool2d) and pool.dilation in (1, (1, 1)):
-        first[inputs[0]] = _sum_pool_adjoint(x, f_out, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)  # fmt: skip
-        return first
+        return {inputs[0]: f_out.double().expand_as(x) if f_out.shape != x.shape else f_out}
+    pooled = _pool_fanout(node, module, x, f_out)
+    if pooled is not None:
+        return {inputs[0]: pooled}
+    if (node.op == "call_method" and node.target == "mean") or node.target is torch.mean:
+        (g,) = _vjp(lambda t: _call(node, module, values, {inputs[0]: t}), [x], f_out)
+        return {inputs[0]: None if g is None else g * (x.numel() / max(values[node].numel(), 1))}
+    # Routing ops: the Jacobian is 0/1, its transpose counts the connections.
+    grads = _vjp(
+        lambda *ts: _call(node, module, values, dict(zip(inputs, ts))),
+        [values[a] for a in inputs],
+        f_out,
+    )
+    return {a: g for a, g in zip(inputs, grads)}
+
+
+def _terminal_fanout(node: fx.Node, module: nn.Module | None, values: dict, x: Tensor) -> Any:
+    """Synapses per input element of a weighted layer (or of a neuron reading spikes
+    directly: one each); None for any other node."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        transposed = module.output_padding if module.transposed else None
+        m = module
+        fan = _conv_fanout(
+            x[0], m.weight.shape, m.groups, m.stride, m.padding, m.dilation, transposed
+        )
+        return fan.unsqueeze(0)
+    if isinstance(module, nn.Linear):
+        return torch.full_like(x, float(module.out_features), dtype=torch.float64)
+    if node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d):
+        w = values[node.args[1]] if isinstance(node.args[1], fx.Node) else node.args[1]
+        a = list(node.args) + [None] * 7
+        kw = node.kwargs
+        stride, padding = kw.get("stride", a[3] or 1), kw.get("padding", a[4] or 0)
+        dilation, groups = kw.get("dilation", a[5] or 1), kw.get("groups", a[6] or 1)
+        return _conv_fanout(x[0], w.shape, groups, stride, padding, dilation).unsqueeze(0)
+    if node.op == "call_function" and node.target is F.linear:
+        w = values[node.args[1]] if isinstance(node.args[1], fx.Node) else node.args[1]
+        return torch.full_like(x, float(w.shape[0]), dtype=torch.float64)
+    if isinstance(module, SpikingNeuron):
+        return torch.ones_like(x, dtype=torch.float64)
+    return None
+
+
+def _pool_fanout(node: fx.Node, pool: nn.Module | None, x: Tensor, f_out: Tensor) -> Any:
+    """A pool's fan-out per input element: every window the element belongs to; None for
+    any other node."""
+    if isinstance(pool, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d) or (
+        isinstance(pool, LIPool | nn.MaxPool2d) and pool.dilation in (1, (1, 1))
+    ):
+        return _sum_pool_adjoint(
+            x, f_out, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode
+        )
     if isinstance(pool, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d) or (
         node.op == "call_function"
         and node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
     ):
-        first[inputs[0]] = _adaptive_adjoint(x, f_out)
-        return first
+        return _adaptive_adjoint(x, f_out)
     if node.op == "call_function" and node.target in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d):
         a = list(node.args) + [None] * 5
         k = node.kwargs.get("kernel_size", a[1])
         s = node.kwargs.get("stride", a[2]) or k
         p = node.kwargs.get("padding", a[3] or 0)
         c = node.kwargs.get("ceil_mode", a[4] or False)
-        first[inputs[0]] = _sum_pool_adjoint(x, f_out, k, s, p, c)
-        return first
-    if (node.op == "call_method" and node.target == "mean") or node.target is torch.mean:
-        (g,) = _vjp(lambda t: _call(node, module, values, {inputs[0]: t}), [x], f_out)
-        first[inputs[0]] = None if g is None else g * (x.numel() / max(values[node].numel(), 1))
-        return first
-    # Routing ops: the Jacobian is 0/1, its transpose counts the connections.
-    grads = _vjp(lambda *ts: _call(node, module, values, dict(zip(inputs, ts))),
-                 [values[a] for a in inputs], f_out)  # fmt: skip
-    return {a: g for a, g in zip(inputs, grads)}
+        return _sum_pool_adjoint(x, f_out, k, s, p, c)
+    return None
 
 
 def _call(node: fx.Node, module: nn.Module | None, values: dict, swap: dict) -> Any:

@@ -144,7 +144,9 @@ def simulate(
     check_snn(snn)
     schedule = Schedule(T, sleep, margin)
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")  # fmt: skip
+        raise ValueError(
+            f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}"
+        )
     if activity_batches is not None:
         positive_int("activity_batches", activity_batches)
     device = torch.device(device) if device is not None else device_of(snn)
@@ -228,8 +230,9 @@ def activity(
         data = (data, torch.zeros(data.shape[0], dtype=torch.long))
     if max_batches is not None and not isinstance(data, tuple):
         data = [b for _, b in zip(range(max_batches), data)]
-    res = simulate(snn, data, T, sleep=sleep, margin=margin, device=device, progress=progress,
-                   activity=True)  # fmt: skip
+    res = simulate(
+        snn, data, T, sleep=sleep, margin=margin, device=device, progress=progress, activity=True
+    )
     return res.activity
 
 

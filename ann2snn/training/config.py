@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..nn.activations import THRESHOLD_PARAMS, list_activations
+
 __all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES"]
 
 #: Named training recipes (methods.md §1.4, §2.4, §3.5, §4.5). Data, not code paths:
@@ -101,13 +103,19 @@ RESUMABLE_CHANGES = {
 }
 
 
+def fail(msg: str) -> None:
+    """Raise the `ValueError` of an invalid `TrainConfig` field."""
+    raise ValueError(f"TrainConfig: {msg}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; validated on construction.
 
     ``out_dir`` defaults to ``runs/<dataset>-<model>-<act>-L<levels>``. ``amp``: "auto"
     (bf16 autocast on CUDA, off elsewhere), "bf16" or "off". ``channels_last``: "auto"
-    (on: NHWC convolutions are faster on CUDA and on CPUs alike) or a bool. ``act_kwargs`` go to the activation (e.g. ``init_threshold``).
+    (on: NHWC convolutions are faster on CUDA and on CPUs alike) or a bool. ``act_kwargs``
+    go to the activation (e.g. ``init_threshold``).
     ``model``: a zoo name, ``torchvision:NAME``, ``timm:NAME`` or
     ``package.module:function`` (prepared with ``act``/``levels``/``pool``). ``init``: a
     weights file (safetensors or a torch state dict) loaded by name before training, for
@@ -154,29 +162,38 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        def fail(msg: str) -> None:
-            raise ValueError(f"TrainConfig: {msg}")
+        self._check_recipe()
+        self._check_runtime()
+        self._check_activation()
+        if self.init is not None:
+            if not isinstance(self.init, str | os.PathLike) or not os.path.isfile(self.init):
+                fail(f"init must be a weights file (.safetensors, .pth, .pt), got {self.init!r}")
+            self.init = str(self.init)
+        if self.out_dir is None:
+            name = self.model.replace(":", "-").replace("/", "-")
+            self.out_dir = f"runs/{self.dataset}-{name}-{self.act}-L{self.levels}"
+        self.out_dir = str(self.out_dir)
 
-        def positive_int(name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
-                fail(f"{name} must be an integer >= {0 if allow_zero else 1}, got {v!r}")
+    def _int(self, name: str, allow_zero: bool = False, allow_none: bool = False) -> None:
+        v = getattr(self, name)
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
+            fail(f"{name} must be an integer >= {0 if allow_zero else 1}, got {v!r}")
 
+    def _check_recipe(self) -> None:
+        """What is trained, on what, for how long, how fast."""
         for name in ("model", "dataset"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 fail(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
-        from ann2snn.nn.activations import list_activations
-
         if self.act not in list_activations():
             fail(f"unknown act {self.act!r}; choose one of {', '.join(list_activations())}")
-        positive_int("levels")
+        self._int("levels")
         if self.pool not in ("avg", "max"):
             fail(f"pool must be 'avg' (conversion-friendly) or 'max', got {self.pool!r}")
-        positive_int("epochs")
-        positive_int("batch_size")
-        positive_int("warmup_epochs", allow_zero=True)
+        self._int("epochs")
+        self._int("batch_size")
+        self._int("warmup_epochs", allow_zero=True)
         if self.warmup_epochs >= self.epochs:
             fail(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
@@ -189,10 +206,14 @@ class TrainConfig:
             fail(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.val_fraction < 1:
             fail(
-                f"val_fraction must be in [0, 1) (0 = no validation split), got {self.val_fraction!r}"
+                "val_fraction must be in [0, 1) (0 = no validation split), got "
+                f"{self.val_fraction!r}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             fail(f"seed must be an integer, got {self.seed!r}")
+
+    def _check_runtime(self) -> None:
+        """Where and how it runs, and how much data it reads."""
         try:
             if self.device != "auto":
                 torch.device(self.device)
@@ -204,18 +225,20 @@ class TrainConfig:
             fail(f"amp must be one of {', '.join(_AMP_CHOICES)} (or a bool), got {self.amp!r}")
         if self.compile not in _COMPILE_CHOICES and not isinstance(self.compile, bool):
             fail(
-                f"compile must be a bool or one of {', '.join(_COMPILE_CHOICES)}, got {self.compile!r}"
+                f"compile must be a bool or one of {', '.join(_COMPILE_CHOICES)}, got "
+                f"{self.compile!r}"
             )
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             fail(f"channels_last must be 'auto' or a bool, got {self.channels_last!r}")
-        positive_int("limit_train", allow_none=True)
-        positive_int("limit_test", allow_none=True)
-        positive_int("num_workers", allow_zero=True)
-        positive_int("cutout", allow_zero=True)
+        self._int("limit_train", allow_none=True)
+        self._int("limit_test", allow_none=True)
+        self._int("num_workers", allow_zero=True)
+        self._int("cutout", allow_zero=True)
+
+    def _check_activation(self) -> None:
+        """The activation's own settings."""
         if not isinstance(self.act_kwargs, dict):
             fail(f"act_kwargs must be a dict, got {type(self.act_kwargs).__name__}")
-        from ann2snn.nn.activations import THRESHOLD_PARAMS
-
         if self.threshold_param not in THRESHOLD_PARAMS:
             fail(
                 f"threshold_param must be one of {', '.join(THRESHOLD_PARAMS)}, "
@@ -224,15 +247,10 @@ class TrainConfig:
         if "threshold_param" in self.act_kwargs:
             fail("set threshold_param as its own field, not in act_kwargs")
         if self.threshold_decay is not None and not isinstance(self.threshold_decay, bool):
-            fail(f"threshold_decay must be None (follow threshold_param) or a bool, got {self.threshold_decay!r}")  # fmt: skip
-        if self.init is not None:
-            if not isinstance(self.init, str | os.PathLike) or not os.path.isfile(self.init):
-                fail(f"init must be a weights file (.safetensors, .pth, .pt), got {self.init!r}")
-            self.init = str(self.init)
-        if self.out_dir is None:
-            name = self.model.replace(":", "-").replace("/", "-")
-            self.out_dir = f"runs/{self.dataset}-{name}-{self.act}-L{self.levels}"
-        self.out_dir = str(self.out_dir)
+            fail(
+                "threshold_decay must be None (follow threshold_param) or a bool, got "
+                f"{self.threshold_decay!r}"
+            )
 
     @property
     def decays_thresholds(self) -> bool:
@@ -251,8 +269,18 @@ class TrainConfig:
     def loader_kwargs(self) -> dict[str, Any]:
         """Keywords of `ann2snn.data.create_loaders` this run's data is made with (all but
         the dataset name and the device)."""
-        keys = ("data_dir", "batch_size", "val_fraction", "seed", "num_workers", "autoaugment",
-                "cutout", "limit_train", "limit_test", "download")  # fmt: skip
+        keys = (
+            "data_dir",
+            "batch_size",
+            "val_fraction",
+            "seed",
+            "num_workers",
+            "autoaugment",
+            "cutout",
+            "limit_train",
+            "limit_test",
+            "download",
+        )
         return {k: getattr(self, k) for k in keys}
 
     @classmethod
@@ -264,6 +292,7 @@ class TrainConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(
-                f"unknown TrainConfig field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+                f"unknown TrainConfig field(s) {', '.join(unknown)}; valid: "
+                f"{', '.join(sorted(known))}"
             )
         return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})

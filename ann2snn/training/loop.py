@@ -100,8 +100,15 @@ def train(
         return _train(config, hooks, resume, model, loaders, rt, placement)
 
 
-def _train(config: TrainConfig, hooks: Any, resume: bool | None, model: nn.Module | None,
-           loaders: Any, rt: Runtime, placement: Placement) -> dict:  # fmt: skip
+def _train(
+    config: TrainConfig,
+    hooks: Any,
+    resume: bool | None,
+    model: nn.Module | None,
+    loaders: Any,
+    rt: Runtime,
+    placement: Placement,
+) -> dict:
     run_dir = Path(config.out_dir)
     if rt.is_primary and run_dir.is_dir():
         clean_orphans(run_dir)  # temporary files of a save that was interrupted
@@ -144,8 +151,9 @@ def _train(config: TrainConfig, hooks: Any, resume: bool | None, model: nn.Modul
     return record
 
 
-def _new_record(config: TrainConfig, loaders: Any, model_kwargs: dict, prepare_args: Any,
-                init: Any, task: Task) -> dict[str, Any]:  # fmt: skip
+def _new_record(
+    config: TrainConfig, loaders: Any, model_kwargs: dict, prepare_args: Any, init: Any, task: Task
+) -> dict[str, Any]:
     """The record of a fresh run (what `ann2snn.load` rebuilds the model from, and more)."""
     record = {
         "model": config.model,
@@ -186,8 +194,14 @@ def _hook(hooks: Any, name: str) -> Callable[..., Any] | None:
     return fn
 
 
-def _log_start(log: Any, config: TrainConfig, setup: TrainingSetup, dataset: str,
-               run_dir: Path, resumed_after: int | None) -> None:  # fmt: skip
+def _log_start(
+    log: Any,
+    config: TrainConfig,
+    setup: TrainingSetup,
+    dataset: str,
+    run_dir: Path,
+    resumed_after: int | None,
+) -> None:
     if log is None:
         return
     n_params = sum(p.numel() for p in setup.model.parameters())
@@ -200,8 +214,15 @@ def _log_start(log: Any, config: TrainConfig, setup: TrainingSetup, dataset: str
     )
 
 
-def _fit_epoch(setup: TrainingSetup, task: Task, data: list, scheduler: Any,
-               config: TrainConfig, epoch: int, log: Any) -> tuple[ProgressBar, dict]:  # fmt: skip
+def _fit_epoch(
+    setup: TrainingSetup,
+    task: Task,
+    data: list,
+    scheduler: Any,
+    config: TrainConfig,
+    epoch: int,
+    log: Any,
+) -> tuple[ProgressBar, dict]:
     """Train one epoch, score the validation and test splits, step the schedule; the
     progress bar (closed by the caller) and the epoch's history entry."""
     lr = setup.optimizer.param_groups[0]["lr"]
@@ -209,16 +230,26 @@ def _fit_epoch(setup: TrainingSetup, task: Task, data: list, scheduler: Any,
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)  # resumed runs replay the same shuffles/augmentations
     train_data, val_data, test_data = data
-    bar = ProgressBar(length(train_data), f"epoch {epoch + 1}/{config.epochs}",
-                      enabled=log is not None)  # fmt: skip
-    scores = setup.epoch(train_data, label_smoothing=config.label_smoothing, progress=bar,
-                         loss_fn=task.loss)  # fmt: skip
+    bar = ProgressBar(
+        length(train_data), f"epoch {epoch + 1}/{config.epochs}", enabled=log is not None
+    )
+    scores = setup.epoch(
+        train_data, label_smoothing=config.label_smoothing, progress=bar, loss_fn=task.loss
+    )
     kw = dict(amp_dtype=setup.amp_dtype, channels_last=setup.channels_last)
-    val = task.scores(setup.step_model, val_data, setup.device, setup.ranks, **kw) if val_data is not None else {}  # fmt: skip
+    val = (
+        task.scores(setup.step_model, val_data, setup.device, setup.ranks, **kw)
+        if val_data is not None
+        else {}
+    )
     test = task.scores(setup.step_model, test_data, setup.device, setup.ranks, **kw)
     scheduler.step()
-    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": scores.loss,
-             "train_acc": _finite_or_none(scores.acc)}  # fmt: skip
+    entry = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": scores.loss,
+        "train_acc": _finite_or_none(scores.acc),
+    }
     for split, split_scores in (("val", val), ("test", test)):
         entry.update({f"{split}_{k}": _finite_or_none(v) for k, v in split_scores.items()})
     return bar, entry
@@ -233,8 +264,9 @@ def _add_entry(record: dict, entry: dict, metric: str) -> None:
     record["epoch"] = entry["epoch"]
 
 
-def _after_epoch(hook: Any, model: nn.Module, loaders: Any, record: dict, rt: Runtime,
-                 select: float | None) -> float | None:  # fmt: skip
+def _after_epoch(
+    hook: Any, model: nn.Module, loaders: Any, record: dict, rt: Runtime, select: float | None
+) -> float | None:
     """The after-epoch hook (e.g. NQ's σ calibration) on the primary rank, before this
     epoch's checkpoint so that what it computes is saved with the weights it belongs to;
     returns the score that selects ``best``: the hook's, else ``select`` (the validation
@@ -268,8 +300,9 @@ def _select(record: dict, entry: dict, select: float | None, t0: float) -> bool:
     return improved
 
 
-def _save_epoch(run_dir: Path, setup: TrainingSetup, scheduler: Any, record: dict,
-                improved: bool, rt: Runtime) -> None:  # fmt: skip
+def _save_epoch(
+    run_dir: Path, setup: TrainingSetup, scheduler: Any, record: dict, improved: bool, rt: Runtime
+) -> None:
     """best → last → resume: resume.* is written last and is the commit point; a run
     killed before it is written redoes this epoch (identically) on resume."""
     model = setup.model
@@ -279,9 +312,14 @@ def _save_epoch(run_dir: Path, setup: TrainingSetup, scheduler: Any, record: dic
         record["extra"]["ddp_max_weight_difference"] = _weight_spread(model, rt)
     if rt.is_primary:
         save_checkpoint(run_dir, model, record, tag="last")
-        state = {"epoch": record["epoch"], "model": model.state_dict(),
-                 "optimizer": setup.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "record": record}  # fmt: skip
+        state = {
+            "epoch": record["epoch"],
+            "model": model.state_dict(),
+            "optimizer": setup.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "record": record,
+        }
         save_resume_state(run_dir, state)
 
 

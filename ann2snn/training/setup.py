@@ -89,9 +89,16 @@ class TrainingSetup(NamedTuple):
 
     def epoch(self, loader: Iterable[tuple[Tensor, Tensor]], **kwargs: Any) -> Scores:
         """`train_one_epoch` with this setup's model, optimizer and runtime."""
-        return train_one_epoch(self.step_model, loader, self.optimizer, device=self.device,
-                               amp_dtype=self.amp_dtype, channels_last=self.channels_last,
-                               runtime=self.ranks, **kwargs)  # fmt: skip
+        return train_one_epoch(
+            self.step_model,
+            loader,
+            self.optimizer,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+            runtime=self.ranks,
+            **kwargs,
+        )
 
 
 def prepare_training(
@@ -185,9 +192,13 @@ def initialise(
         report = load_pretrained(model, config.init)
         if log is not None:
             print(f"init: {report.summary()}", file=log)
-        info.update(path=str(config.init), sha256=sha256_file(config.init),
-                    loaded=len(report["loaded"]), adapted=report["adapted"],
-                    skipped=report["skipped"])  # fmt: skip
+        info.update(
+            path=str(config.init),
+            sha256=sha256_file(config.init),
+            loaded=len(report["loaded"]),
+            adapted=report["adapted"],
+            skipped=report["skipped"],
+        )
     if (config.init or prepared) and "init_threshold" not in config.act_kwargs:
         val = loaders.val if loaders.val is not None and length(loaders.val) else None
         data, split = (val, "validation") if val is not None else (loaders.train, "training")

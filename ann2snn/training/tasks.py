@@ -26,8 +26,9 @@ class ClassificationTask:
     metric = "acc"
     loss: Callable[[Tensor, Tensor], Tensor] | None = None
 
-    def scores(self, model: nn.Module, data: Any, device: torch.device, rt: Runtime,
-               **kw: Any) -> dict[str, float]:  # fmt: skip
+    def scores(
+        self, model: nn.Module, data: Any, device: torch.device, rt: Runtime, **kw: Any
+    ) -> dict[str, float]:
         s = evaluate(model, data, device, runtime=rt, **kw)
         return {"acc": s.acc, "loss": s.loss}
 
@@ -44,8 +45,9 @@ class DetectionTask:
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         return yolo_loss(out, y, self.spec)
 
-    def scores(self, model: nn.Module, data: Any, device: torch.device, rt: Runtime,
-               **kw: Any) -> dict[str, float]:  # fmt: skip
+    def scores(
+        self, model: nn.Module, data: Any, device: torch.device, rt: Runtime, **kw: Any
+    ) -> dict[str, float]:
         map50, map_, loss = evaluate_detector(model, data, self.spec, device, **kw)
         return {"map50": map50, "map": map_, "loss": loss}
 
