@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._io import VERSION
 from .calibration import CALIBRATION_METHODS
 from .data import list_datasets
 from .models import list_models
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train quantized ANNs, convert them to spiking networks, simulate and report.",
     )
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--version", action="version", version=f"ann2snn {VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_eval, _add_export, _add_check, _add_demo):
         add(sub)

@@ -35,12 +35,16 @@ from ann2snn import convert, load, simulate
 from ann2snn.calibration.noise import nq_epoch_hook
 from ann2snn.data import create_loaders
 from ann2snn.evaluation import ann_accuracy, evaluate_snn, evaluate_wake_sleep
+from ann2snn.methods import METHODS as TABLE
+from ann2snn.methods import needs_threshold_data, neuron_options
 from ann2snn.report import environment, write_json
 from ann2snn.training import TrainConfig, train
 
+# The library's method table, plus the data-based ReLU baseline. Which trained ANN each row
+# uses comes from the table: QCFS+IF and QCFS+GN share one network.
 METHODS = ("qcfs", "nq", "casc", "gn", "relu")
-# Which trained ANN each row uses: QCFS+IF and QCFS+GN share one network.
-ANN_OF = {"qcfs": "qcfs", "gn": "qcfs", "nq": "nq", "casc": "clipq", "relu": "relu"}
+ANN_OF = {name: method.act for name, method in TABLE.items()} | {"relu": "relu"}
+NEURON_OF = {name: method.neuron for name, method in TABLE.items()} | {"relu": "if"}
 # Settings that change the numbers: results of an earlier run are only merged if they match.
 RECIPE_KEYS = ("dataset", "epochs", "levels", "casc_levels", "casc_sleep", "T", "batch_size",
                "lr", "seed", "limit_train", "limit_test", "nq_batches", "sleep_grid",
@@ -196,21 +200,23 @@ def evaluate_model(args, model_name: str, loaders, device, entry: dict, save) ->
         model, info = nets[act]
         ann_acc = ann_accuracy(model, test, device)
         t0 = time.perf_counter()
-        kw = dict(T=T_max, progress=args.progress)
+        neuron = NEURON_OF[method]
+        kw = dict(T=T_max, progress=args.progress, **neuron_options(neuron, args.levels))
         row: dict[str, Any] = {"method": method, "ann": act, "ann_accuracy": ann_acc, "sleep": 0}
         if method == "qcfs":
-            r = evaluate_snn(model, test, "if", label=f"QCFS+IF (L={args.levels})", **kw)
+            r = evaluate_snn(model, test, neuron, label=f"QCFS+IF (L={args.levels})", **kw)
         elif method == "gn":
             label = f"QCFS+GN (L={args.levels}, τ={args.levels})"
-            r = evaluate_snn(model, test, "gn", tau=args.levels, label=label, **kw)
+            r = evaluate_snn(model, test, neuron, label=label, **kw)
         elif method == "nq":
-            r = evaluate_snn(model, test, "if", label=f"NQ+IF (L={args.levels})", **kw)
+            r = evaluate_snn(model, test, neuron, label=f"NQ+IF (L={args.levels})", **kw)
             row["sigma"] = info.get("sigma_final")
         elif method == "relu":
             # The classic data-based baseline: each IF threshold = 99.9th percentile of
             # that layer's ReLU outputs on the validation split (never the test split).
             label = "ReLU+IF (99.9th pct)"
-            r = evaluate_snn(model, test, "if", calibration=loaders.val, label=label, **kw)
+            data = loaders.val if needs_threshold_data(act) else None
+            r = evaluate_snn(model, test, neuron, calibration=data, label=label, **kw)
         else:  # casc
             sel = loaders.val if loaders.val is not None and len(loaders.val) else test
             search = sleep_search(
@@ -228,7 +234,9 @@ def evaluate_model(args, model_name: str, loaders, device, entry: dict, save) ->
                 sleep = search["loss_free_sleep"]
                 sleep = max(args.sleep_grid) if sleep is None else sleep
             label = f"CASC (Q={args.casc_levels}, S={sleep})"
-            r = evaluate_wake_sleep(model, test, steps, sleep, args.progress, label=label)
+            r = evaluate_wake_sleep(
+                model, test, steps, sleep, args.progress, label=label, neuron=neuron
+            )
             row["sleep"] = sleep
             row["total_steps"] = {str(t): t + sleep for t in steps}
         row.update(label=r["label"], neuron=r["neuron"], convert=r.get("convert"))

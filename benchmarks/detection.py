@@ -26,6 +26,7 @@ import torch
 import ann2snn
 from ann2snn.detection.evaluation import ann_map, evaluate_detection_snn
 from ann2snn.detection.head import detector_spec
+from ann2snn.methods import METHODS, neuron_options
 from ann2snn.report import environment, format_table, source_revision, write_json
 from ann2snn.training import TrainConfig, train
 
@@ -87,16 +88,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      limit_test=args.limit_test, augment=False)  # fmt: skip
     rows, trained = [], {}
     methods = args.methods.split(",")
-    if "qcfs" in methods:
-        trained["qcfs"] = _train(args, "qcfs", args.levels)
-    if "casc" in methods:
-        trained["clipq"] = _train(args, "clipq", args.casc_levels)
+    # The method table decides each row's ANN, neuron and sleep; QCFS+IF and +GN share one ANN.
+    for name in ("qcfs", "gn", "casc"):
+        method = METHODS[name]
+        if name in methods and method.act not in trained:
+            levels = args.casc_levels if method.run_per_T else args.levels
+            trained[method.act] = _train(args, method.act, levels)
     for act, (model, record) in trained.items():
         ann = ann_map(model, loaders.test, detector_spec(model))
-        if act == "qcfs":
-            plans = [("QCFS+IF", "if", 0, {}), (f"QCFS+GN (τ={args.levels})", "gn", 0, {"tau": args.levels})]  # fmt: skip
-        else:
-            plans = [(f"CASC (CIF, Q={args.casc_levels}, sleep {args.casc_sleep})", "cif", args.casc_sleep, {})]  # fmt: skip
+        plans = []
+        for method in (m for m in METHODS.values() if m.act == act):
+            sleep = args.casc_sleep if method.run_per_T else 0
+            opts = neuron_options(method.neuron, args.levels)
+            label = {"qcfs": "QCFS+IF", "gn": f"QCFS+GN (τ={args.levels})",
+                     "casc": f"CASC (CIF, Q={args.casc_levels}, sleep {args.casc_sleep})"}[method.name]  # fmt: skip
+            plans.append((label, method.neuron, sleep, opts))
         for label, neuron, sleep, opts in plans:
             t0 = time.perf_counter()
             row = evaluate_detection_snn(model, loaders.test, neuron, args.T, sleep, label=label, **opts)  # fmt: skip

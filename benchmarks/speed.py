@@ -53,6 +53,7 @@ from ann2snn import NoisyQCFS, calibrate_noise, convert, create_model, simulate
 from ann2snn.calibration.noise import nq_epoch_hook
 from ann2snn.data import DatasetNotFoundError, create_loaders
 from ann2snn.data.images import InMemoryLoader
+from ann2snn.methods import neuron_options
 from ann2snn.report import environment, write_json
 from ann2snn.simulation import default_max_fold
 
@@ -222,8 +223,8 @@ def ratio_b(args, name: str, device, loaders, rows: list) -> None:
             fns = {"ann": ann}
             variants = list(itertools.product(neurons, folds, args.neuron_kernels))
             for neuron, fold, kern in variants:
-                snn = convert(model, neuron, compiled=kern == "compiled",
-                              **({"tau": args.levels} if neuron == "gn" else {}))  # fmt: skip
+                opts = neuron_options(neuron, args.levels)
+                snn = convert(model, neuron, compiled=kern == "compiled", **opts)
                 fns[f"{neuron}@{fold}/{kern}"] = lambda s=snn, d=dtype, f=fold: simulate(
                     s, data, steps, dtype=d, progress=False, max_fold=f)  # fmt: skip
             med, raw = compare(fns, device, args.repeats)

@@ -29,7 +29,7 @@ def _env(tmp: Path) -> dict[str, str]:
 def _run(args: list[str], tmp: Path, procs: int = 0) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={procs}"] if procs else [sys.executable]  # fmt: skip
-    proc = subprocess.run([*launcher, "-m", "ann2snn.cli", *args], cwd=tmp, env=_env(tmp),
+    proc = subprocess.run([*launcher, "-m", "ann2snn", *args], cwd=tmp, env=_env(tmp),
                           capture_output=True, text=True, timeout=400)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
