@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou
 
 from ..models import list_models
 from ..models.yolo import YoloSpec
@@ -128,6 +127,8 @@ def yolo_loss(out: Tensor, y: Tensor, spec: YoloSpec, ignore_iou: float = 0.5) -
     bsz, _, h, w, _ = p.shape
     asg = assign_targets(y, spec, (h, w))
     weight = torch.ones(p.shape[:4], device=p.device)
+    from torchvision.ops import box_iou  # lazy: torchvision.ops loads torch._dynamo (~1 s)
+
     with torch.no_grad():
         boxes = _boxes(p.detach(), spec)  # [B, A, S, S, 4]
         for i in range(bsz):
@@ -169,6 +170,8 @@ def decode(
     boxes[..., 0::2] = boxes[..., 0::2].clamp(max=w * spec.stride)
     boxes[..., 1::2] = boxes[..., 1::2].clamp(max=h * spec.stride)
     scores, labels = (torch.sigmoid(p[..., 4:5]) * torch.softmax(p[..., 5:], -1)).max(-1)
+    from torchvision.ops import batched_nms  # lazy: torchvision.ops loads torch._dynamo (~1 s)
+
     result = []
     for i in range(bsz):
         s, lab, bx = scores[i].reshape(-1), labels[i].reshape(-1), boxes[i].reshape(-1, 4)
