@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo demo-detection test test-all integrations lint format clean
+.PHONY: venv data demo demo-detection test test-seams test-all integrations lint format clean
 
 # The environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -37,6 +37,11 @@ demo-detection: venv data
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The differential harness over generated networks with 300 networks per property
+# (make test runs 40).
+test-seams: venv
+	ANN2SNN_SEAM_EXAMPLES=300 $(BIN)/python -m pytest -q tests/test_seams.py
 
 # Optional integrations, for the tests that cross-check against them (they skip without
 # them): timm models, and SpikingJelly's SynOp counter. SpikingJelly goes in without its

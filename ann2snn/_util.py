@@ -96,6 +96,11 @@ def resolve_device(name: str, value: str | torch.device | None) -> torch.device:
 def finite_input(x: torch.Tensor, where: str) -> None:
     """Refuse inputs holding NaN or ±inf: a spiking network turns them into finite spike
     counts, i.e. a silent, meaningless prediction."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{where}: the input must be one tensor [B, ...] (a converted network takes one "
+            f"input), got {type(x).__name__}"
+        )
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(

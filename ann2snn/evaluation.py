@@ -67,7 +67,8 @@ def evaluate_snn(
     cal_log = None
     if post_calibration:
         cal_log = CalibrationLog(post_calibration["method"], T)
-        opts = {"T": T, "sleep": sleep, **post_calibration}
+        # The schedule it will run on: T, sleep and margin (a post_calibration "T" wins).
+        opts = {"T": T, "sleep": sleep, "margin": margin, **post_calibration}
         snn = calibrate(snn, log=cal_log, **opts)
     res = simulate(
         snn,

@@ -190,3 +190,20 @@ def test_transposed_convolution_fanout_counts_the_outputs_each_input_writes():
     # Output 5×5; input i writes rows 2i-1..2i+1 ∩ [0, 4]: 2, 3, 2 rows; 3 outputs per group.
     rows = torch.tensor([2.0, 3.0, 2.0])
     torch.testing.assert_close(fan[0], 3 * torch.outer(rows, rows))
+
+
+def test_spikes_through_a_spiking_max_pool_are_charged_where_they_leave_it():
+    # 1×1 conv (weight 1) → CIF θ = 1 → 2×2 LIPool → flatten → Linear(2·1·1 → 3).
+    # Input: one 2×2 window per channel, all four pixels 1: at T = 1 four neurons per
+    # channel spike (8 events) and the pool emits one spike per window (2 events).
+    conv = _conv(2, 2, 1, torch.eye(2).view(2, 2, 1, 1))
+    model = nn.Sequential(conv, ClipQuant(1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 3))
+    snn = convert(model.eval(), "cif", v_init=0.0)
+    assert any(isinstance(m, ann2snn.LIPool) for m in snn.modules())
+    rep = activity(snn, torch.ones(1, 2, 2, 2), T=1)
+    (layer,) = rep.layers
+    assert layer.events == [8.0]  # the neurons' own spikes (firing rate unchanged)
+    # SynOps: the pool's 2 output spikes × 3 Linear synapses, not 8 input spikes × 3.
+    assert layer.synops == [6.0] and rep.synops == [6.0]
+    fan = fanout_maps(snn, torch.ones(1, 2, 2, 2))
+    torch.testing.assert_close(fan["1"], torch.zeros(2, 2, 2))  # entering the pool: free

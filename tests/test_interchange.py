@@ -78,3 +78,27 @@ def test_plain_reader_runs_nir_if_as_specified(tmp_path):
     assert fired(ours) == [2, 5]
     assert fired(plain) == [4, 8]
     assert all(torch.isin(s, s.new_tensor([0.0, 1.0])).all() for s in spikes)
+
+
+@pytest.mark.parametrize("size, exported", [(5, False), (4, True)])
+def test_ceil_mode_pool_is_refused_by_name_unless_its_windows_fit(size, exported, tmp_path):
+    # The zoo's vgg16 at 28 px pools 7 → 4 with ceil_mode: the last window overhangs, and
+    # NIR's AvgPool2d (always k² in the divisor) cannot say it.
+    from torch import nn
+
+    from ann2snn import QCFS
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), QCFS(4, 1.0), nn.AvgPool2d(2, ceil_mode=True),
+                          nn.Flatten(), nn.Linear(2 * (-(-size // 2)) ** 2, 3)).eval()  # fmt: skip
+    snn = convert(model, "if")
+    x = torch.rand(2, 1, size, size)
+    path = tmp_path / "net.nir"
+    if exported:
+        export_nir(snn, path, x)
+        back = import_nir(path)
+        ref, _ = _spikes(binarize(snn, x), x)
+        assert_same_outputs(_spikes(back, x)[0], ref)
+        return
+    with pytest.raises(NIRExportError, match=r"average pool '2'.*ceil_mode=True.*5×5 input"):
+        export_nir(snn, path, x)
+    assert not path.exists()

@@ -204,6 +204,27 @@ def _apply(
     return undo
 
 
+def _check_args(snn: Any, method: str, T: int, batches: int, rounds: int) -> None:
+    if not isinstance(snn, SpikingNetwork):
+        raise TypeError(
+            "calibrate: snn must be a SpikingNetwork (from ann2snn.convert), got "
+            f"{type(snn).__name__}"
+        )
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibrate: method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
+        )
+    positive_int("T", T)
+    positive_int("batches", batches)
+    if (snn.config.get("calibration") or {}).get("method") == "bias":
+        # Its ANN pass runs through the shifted biases: targets would move with them.
+        raise ValueError(
+            "calibrate: this network already carries a bias calibration; calibrate the "
+            "network ann2snn.convert returned (method 'offset' can be applied on top)"
+        )
+    positive_int("rounds", rounds)
+
+
 def calibrate(
     snn: SpikingNetwork,
     data: Iterable | Tensor,
@@ -215,6 +236,7 @@ def calibrate(
     guard: bool = True,
     log: CalibrationLog | None = None,
     rounds: int = 1,
+    margin: int | None = None,
 ) -> SpikingNetwork:
     """A calibrated copy of ``snn`` for ``T`` wake steps (``snn`` is not changed).
 
@@ -236,28 +258,14 @@ def calibrate(
         rounds: ``"offset"`` only: repeat the whole layer-by-layer pass this many times,
             each on the result of the last (what one linearised step left is measured
             and removed again).
+        margin: a sleep phase after every ``margin`` wake steps (the schedule of
+            `ann2snn.simulate`'s ``margin``): calibrate on the schedule the network will
+            run on.
 
     GN with τ = L at T = 1 and CIF with T = Q and enough sleep are exact already: their
     measured gap is zero and calibration leaves them as they are.
     """
-    if not isinstance(snn, SpikingNetwork):
-        raise TypeError(
-            "calibrate: snn must be a SpikingNetwork (from ann2snn.convert), got "
-            f"{type(snn).__name__}"
-        )
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"calibrate: method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
-        )
-    positive_int("T", T)
-    positive_int("batches", batches)
-    if (snn.config.get("calibration") or {}).get("method") == "bias":
-        # Its ANN pass runs through the shifted biases: targets would move with them.
-        raise ValueError(
-            "calibrate: this network already carries a bias calibration; calibrate the "
-            "network ann2snn.convert returned (method 'offset' can be applied on top)"
-        )
-    positive_int("rounds", rounds)
+    _check_args(snn, method, T, batches, rounds)
     if rounds > 1:
         if method != "offset":
             raise ValueError(
@@ -265,8 +273,10 @@ def calibrate(
                 f"against the network as converted), got method={method!r}"
             )
         for _ in range(rounds - 1):
-            snn = calibrate(snn, data, T, method, batches, sleep, per_channel, guard, log)
-    schedule = Schedule(T, sleep)
+            snn = calibrate(
+                snn, data, T, method, batches, sleep, per_channel, guard, log, margin=margin
+            )
+    schedule = Schedule(T, sleep, margin)
     net = copy.deepcopy(snn)
     dev = device_of(net)
     inputs = [x.to(dev) for x in iter_inputs(data, batches)]

@@ -57,7 +57,9 @@ def capture(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     """Trace ``model`` into a `GraphModule` (of a deep copy unless ``copy_model=False``:
     a GraphModule shares the submodules of the module it was traced from).
 
-    The result has the model's class name and train/eval mode.
+    The result has the model's class name and train/eval mode. Optional inputs of
+    ``forward`` after the first that the graph never reads (``def forward(self, x,
+    mask=None)`` with ``mask`` unused) are dropped, so the graph takes what it uses.
 
     Raises:
         NotTraceableError: naming the module whose forward could not be traced and why.
@@ -74,6 +76,9 @@ def capture(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             f"not traceable: torch.fx could not trace the model at module '{where}': "
             f"{type(e).__name__}: {e}"
         ) from e
+    for node in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        if not node.users:
+            graph.erase_node(node)
     gm = fx.GraphModule(source, graph, type(model).__name__)
     gm.train(model.training)
     return gm

@@ -44,6 +44,18 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return fold_batchnorm(gm, PassContext())
 
 
+def _match_precision(snn: SpikingNetwork, model: nn.Module) -> None:
+    """Neurons' thresholds in the model's state dtype: a float64 model gives a float64
+    network throughout (a θ rounded through float32 would move quantization boundaries)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if torch.float64 not in dtypes:
+        return
+    for _, n in snn.spiking_layers():
+        n.threshold = n.threshold.to(torch.float64)
+        if n.v_offset is not None:
+            n.v_offset = n.v_offset.to(torch.float64)
+
+
 def _neuron_options(cls: type[SpikingNeuron], name: str, options: dict[str, Any]) -> None:
     """Refuse options the neuron's constructors do not take, naming the allowed ones."""
     allowed = set()
@@ -116,6 +128,7 @@ def convert(
         **{k: v for k, v in neuron_options.items() if isinstance(v, int | float | bool | str)},
     }
     snn = SpikingNetwork(gm, neuron, ctx.layers, config).to(device).eval()
+    _match_precision(snn, model)
     if ctx.uncalibrated:
         if calibration is None:
             raise ConversionError(

@@ -113,9 +113,20 @@ def op_report(match: Match, neuron_cls: type[SpikingNeuron] | None) -> OpReport:
     return OpReport(match.name, match.op, "unsupported", fix)
 
 
+INPUTS_FIX = (
+    "a spiking network here takes one input tensor ([T, B, ...] over time); wrap the model "
+    "in a module whose forward takes one tensor (e.g. the inputs concatenated along a "
+    "dimension) and splits it before calling the model"
+)
+
+
 def report_graph(gm: fx.GraphModule, neuron_cls: type[SpikingNeuron] | None) -> SupportReport:
-    """Support report of an already captured graph."""
-    return SupportReport(ops=[op_report(m, neuron_cls) for m in classify(gm)])
+    """Support report of an already captured graph: every op, and every input after the
+    first that the graph uses (an optional argument of ``forward`` that is used counts:
+    the network would be called without it)."""
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    extra = [OpReport(n.target, "input", "unsupported", INPUTS_FIX) for n in inputs[1:] if n.users]
+    return SupportReport(ops=extra + [op_report(m, neuron_cls) for m in classify(gm)])
 
 
 def _leaf_walk(model: nn.Module, neuron_cls: type[SpikingNeuron], reason: str) -> SupportReport:

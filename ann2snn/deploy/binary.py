@@ -32,6 +32,7 @@ from torch import Tensor, fx, nn
 from ..conversion.passes import PassContext, fold_batchnorm
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, GroupNeuron, IFNeuron, SpikingNeuron
+from ..nn.state import state_dtype
 
 __all__ = ["binarize", "SpikeScale", "MemberExpand", "MemberSum", "is_binarized"]
 
@@ -41,7 +42,9 @@ class SpikeScale(nn.Module):
 
     def __init__(self, scale: float | Tensor):
         super().__init__()
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(()))
+        scale = torch.as_tensor(scale).detach().clone()
+        scale = scale.to(state_dtype(scale.dtype) if scale.is_floating_point() else torch.float32)
+        self.register_buffer("scale", scale.reshape(()))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale.to(x.dtype)
@@ -88,8 +91,8 @@ def _binary_if(theta: Tensor, v0: Tensor, members: int, channels: int, rank: int
     """τ·C binary IF members of threshold θ with staggered v(0) (``[τ·C, 1, …]``)."""
     n = IFNeuron(theta, v_init=0.0)
     n.binary = True
-    j = torch.arange(members, dtype=torch.float32).repeat_interleave(channels)  # [τ·C]
-    base = v0.float().reshape(-1) if v0.dim() else v0.float().reshape(1)
+    j = torch.arange(members, dtype=theta.dtype).repeat_interleave(channels)  # [τ·C]
+    base = v0.to(theta.dtype).reshape(-1)
     base = base.repeat(members) if base.numel() == channels else base.expand(members * channels)
     quantum = theta / members
     n.v_offset = (base + j * quantum).reshape((-1,) + (1,) * max(rank - 2, 0))

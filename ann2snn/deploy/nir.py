@@ -60,11 +60,18 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(node.meta["tensor_meta"].shape[1:])
 
 
-def _pool_geometry(module_or_args: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
-    """(kernel, stride, padding) of an average pool, adaptive ones included when exact."""
+def _pool_geometry(
+    module_or_args: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...], where: str = ""
+):
+    """(kernel, stride, padding) of an average pool, adaptive ones included when exact.
+
+    NIR's ``AvgPool2d`` divides every window by the kernel's area over a symmetric padding:
+    a ceil-mode pool whose last windows hang over the edge, a pool that leaves the padding
+    out of its divisor, and a divisor override have no exact NIR form and are refused."""
     if isinstance(module_or_args, nn.AvgPool2d):
         m = module_or_args
         k, s, p = m.kernel_size, m.stride or m.kernel_size, m.padding
+        _check_exact_pool(m, in_shape, out_shape, where)
     else:  # adaptive: exact as a plain pool when the output divides the input
         (h, w), (oh, ow) = in_shape[-2:], out_shape[-2:]
         if h % oh or w % ow:
@@ -75,6 +82,26 @@ def _pool_geometry(module_or_args: Any, in_shape: tuple[int, ...], out_shape: tu
         p = 0
     pair = lambda v: np.array(v if isinstance(v, tuple | list) else (v, v))  # noqa: E731
     return pair(k), pair(s), pair(p)
+
+
+def _check_exact_pool(m: nn.AvgPool2d, in_shape: tuple, out_shape: tuple, where: str) -> None:
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    (kh, kw), (sh, sw) = pair(m.kernel_size), pair(m.stride or m.kernel_size)
+    (ph, pw), (h, w) = pair(m.padding), in_shape[-2:]
+    floor_out = ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    why = None
+    if m.ceil_mode and tuple(out_shape[-2:]) != floor_out:
+        why = (
+            f"ceil_mode=True makes its last windows overhang a {h}×{w} input (output "
+            f"{tuple(out_shape[-2:])}, not {floor_out}); use ceil_mode=False or an input "
+            "size the windows divide"
+        )
+    elif not m.count_include_pad and (ph or pw):
+        why = "count_include_pad=False divides border windows by fewer than k²; use the default"
+    elif m.divisor_override:
+        why = f"divisor_override={m.divisor_override} is not the kernel area"
+    if why:
+        raise NIRExportError(f"average pool {where or 'layer'}: NIR has no exact form: {why}")
 
 
 def _neuron_node(nir, n: SpikingNeuron, shape: tuple[int, ...]):
@@ -139,7 +166,7 @@ def _map_node(nir, gm: fx.GraphModule, node: fx.Node):
             bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
             return nir.Affine(weight=_np(m.weight), bias=bias)
         if isinstance(m, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
-            k, s, p = _pool_geometry(m, in_shape, out_shape)
+            k, s, p = _pool_geometry(m, in_shape, out_shape, repr(node.target))
             return nir.AvgPool2d(kernel_size=k, stride=s, padding=p)
         if isinstance(m, nn.Flatten):
             return nir.Flatten({"input": np.array(in_shape)}, start_dim=m.start_dim - 1, end_dim=-1)
@@ -175,7 +202,9 @@ def _map_node(nir, gm: fx.GraphModule, node: fx.Node):
         k, s, p = (
             _pool_geometry(None, in_shape, out_shape)
             if target is F.adaptive_avg_pool2d
-            else _pool_geometry(nn.AvgPool2d(*node.args[1:], **node.kwargs), in_shape, out_shape)
+            else _pool_geometry(
+                nn.AvgPool2d(*node.args[1:], **node.kwargs), in_shape, out_shape, repr(node.name)
+            )
         )
         return nir.AvgPool2d(kernel_size=k, stride=s, padding=p)
     if target in ("contiguous",):

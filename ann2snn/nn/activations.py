@@ -64,12 +64,18 @@ class SpikeSpec:
     calibration) has a ``set_threshold(value)`` method.
     """
 
-    threshold: Tensor  # 0-dim fp32 λ, detached
+    threshold: Tensor  # 0-dim λ, detached: fp32 (fp64 for a fp64 λ)
     shift: float = 0.5
     levels: int | None = None
 
     def __post_init__(self) -> None:
-        theta = torch.as_tensor(self.threshold, dtype=torch.float32).detach().clone()
+        try:
+            theta = torch.as_tensor(self.threshold).detach().clone()
+        except (TypeError, RuntimeError, ValueError):
+            raise TypeError(
+                f"SpikeSpec.threshold must be a positive finite scalar, got {self.threshold!r}"
+            ) from None
+        theta = theta.to(torch.float64 if theta.dtype == torch.float64 else torch.float32)
         if theta.numel() != 1 or not bool(theta > 0) or not bool(theta.isfinite()):
             raise ValueError(f"SpikeSpec.threshold must be a positive finite scalar, got {theta}")
         object.__setattr__(self, "threshold", theta.reshape(()))

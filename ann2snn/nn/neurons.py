@@ -12,8 +12,9 @@ Inside a converted network (`ann2snn.convert`) stateless layers fold T into the 
 so neurons receive ``[T·B, ...]`` and are told T by the network (``folded_steps``, the
 `ann2snn.nn.state.Stateful` contract).
 
-The membrane stays fp32 whatever the layers' dtype (bf16/fp16 layers would otherwise
-lose the small residues that carry information across steps).
+The membrane and θ are kept in `ann2snn.nn.state.state_dtype` of the layers' dtype: fp32
+for fp32, bf16 and fp16 layers (half types would lose the small residues that carry
+information across steps), fp64 for fp64 layers.
 
 Each neuron's whole step is one function of tensors (`kernel`): run as is, it is a few
 in-place elementwise passes; with ``compiled=True`` the same function goes through
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from .._util import finite_number, positive_int
 from ._compile import compile_unavailable, compiled_kernel, flat_views
-from .state import Stateful
+from .state import Stateful, state_dtype
 
 __all__ = [
     "SpikingNeuron",
@@ -88,7 +89,16 @@ class SpikingNeuron(Stateful):
         compiled: bool = False,
     ):
         super().__init__(step_mode)
-        threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        try:
+            threshold = torch.as_tensor(threshold).detach().clone()
+        except (TypeError, RuntimeError, ValueError):
+            raise TypeError(
+                f"threshold must be a positive finite scalar, got {threshold!r}"
+            ) from None
+        # fp32, or fp64 for a fp64 λ: a float64 network keeps its thresholds exact.
+        threshold = threshold.to(
+            state_dtype(threshold.dtype) if threshold.is_floating_point() else torch.float32
+        )
         if threshold.numel() != 1 or not bool(threshold > 0) or not bool(threshold.isfinite()):
             raise ValueError(
                 f"threshold must be a positive finite scalar, got {threshold.tolist()}"
@@ -158,7 +168,7 @@ class SpikingNeuron(Stateful):
         """Allocate the state for input ``x`` of shape ``[B, ...]``."""
         # One pass (a broadcast copy of v(0), 0-dim or per channel): no zero fill first,
         # no host sync.
-        self.v = torch.empty_like(x, dtype=torch.float32).copy_(self.initial_membrane())
+        self.v = torch.empty_like(x, dtype=state_dtype(x.dtype)).copy_(self.initial_membrane())
 
     # --- the step: one function of tensors --------------------------------------------
     # The state is updated in place: simulation runs without autograd, and each avoided
@@ -198,9 +208,9 @@ class SpikingNeuron(Stateful):
         if self.v is None:
             self.init_state(x)
         self.begin_step()
-        # fp32 buffer: a bf16 result must not be what the membrane is reset by.
-        fp32_out = out is not None and out.dtype == torch.float32
-        emitted = out if fp32_out else torch.empty_like(self.v)
+        # A buffer of the membrane's dtype: a bf16 result must not be what it is reset by.
+        exact_out = out is not None and out.dtype == self.v.dtype
+        emitted = out if exact_out else torch.empty_like(self.v)
         tensors = (self.v, x, emitted)
         args = (*tensors, *self.kernel_args())
         # One compiled graph for every rank and layout: the kernel is elementwise, so
@@ -216,7 +226,7 @@ class SpikingNeuron(Stateful):
             emitted.div_(self.quantum).round_()
         if out is None:
             return emitted.to(x.dtype)
-        if not fp32_out:
+        if not exact_out:
             out.copy_(emitted)
         return out
 
@@ -305,7 +315,7 @@ class GroupNeuron(SpikingNeuron):
 
     def member_thresholds(self) -> Tensor:
         """``[τ]`` thresholds iθ/τ, i = 1..τ."""
-        i = torch.arange(1, self.tau + 1, device=self.threshold.device, dtype=torch.float32)
+        i = torch.arange(1, self.tau + 1, device=self.threshold.device, dtype=self.threshold.dtype)
         return i * self.quantum
 
     @staticmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .state import Stateful
+from .state import Stateful, state_dtype
 
 __all__ = ["LIPool"]
 
@@ -45,7 +45,8 @@ class LIPool(Stateful):
 
     def step(self, x: Tensor) -> Tensor:
         """One step: ``x`` ``[B, C, H, W]`` → ``[B, C, H', W']``."""
-        s = x.float() if self.sum_in is None else self.sum_in + x.float()
+        x_acc = x.to(state_dtype(x.dtype))  # running sums in fp32 (fp64 for fp64 input)
+        s = x_acc if self.sum_in is None else self.sum_in + x_acc
         pooled = self.ann_forward(s)
         out = pooled if self.sum_out is None else pooled - self.sum_out
         self.sum_in, self.sum_out = s, pooled

@@ -20,7 +20,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Stateful", "is_stateful_module", "reset"]
+__all__ = ["Stateful", "is_stateful_module", "reset", "state_dtype"]
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype that state, thresholds and sums over time are kept in for values of
+    ``dtype``: float32 for float32 and the half types (bf16/fp16 membranes would lose the
+    small residues that carry information across steps), float64 for float64 (a float64
+    network is simulated in float64 throughout, never rounded through float32)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class Stateful(nn.Module):

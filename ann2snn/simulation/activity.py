@@ -6,7 +6,10 @@ Each neuron emits ``count·quantum`` per element and step, so one step's spike e
 ``|emitted| / quantum``: an IF spike is one event, a group neuron's emission of k quanta
 is k events (k binary member spikes), a consistent-IF negative spike is one event, and
 sleep steps count like wake steps. A layer's synaptic operations at a step are its events
-weighted by the fan-out of each element (`ann2snn.simulation.fanout.fanout_maps`).
+weighted by the fan-out of each element (`ann2snn.simulation.fanout.fanout_maps`). Spikes
+that enter a spiking max-pool (`LIPool`, CASC) cost nothing there; the spikes the pool
+emits (``|output| / quantum`` of the neuron feeding it) are charged with the pool's
+fan-out and counted in the synaptic operations of that neuron's layer.
 
 `ann2snn.activity(snn, data, T)` (or ``simulate(..., activity=True)``) runs the schedule once and
 returns an `ActivityReport` with every number after every step t = 1..T(+sleep):
@@ -30,6 +33,8 @@ import torch
 from torch import Tensor
 
 from ..nn.network import SpikingNetwork
+from ..nn.pooling import LIPool
+from ..nn.state import state_dtype
 from .fanout import fanout_maps, mac_counts, record_values
 
 __all__ = ["ActivityMonitor", "ActivityReport", "LayerActivity", "E_MAC", "E_AC"]
@@ -183,13 +188,17 @@ class ActivityMonitor:
         fan = fanout_maps(snn, example, values)
         self.ann_macs, self.analog_macs = mac_counts(snn, example, values)
         self.layers = list(snn.spiking_layers())
-        self.fanout = {name: fan[name].to(example.device) for name, _ in self.layers}
+        self.fanout = {name: f.to(example.device) for name, f in fan.items()}
         self.quantum = {name: float(n.spike_value) for name, n in self.layers}
+        # Spiking max-pools: {pool name: (the pool, the neuron layer whose spikes it passes)}.
+        self.pools = _pools(snn)
+        self.quantum |= {p: self.quantum[feeder] for p, (_, feeder) in self.pools.items()}
         # Per layer: sums over the batches done, and the current batch's per-step lists.
         self.events: dict[str, Tensor | None] = {name: None for name, _ in self.layers}
         self.synops: dict[str, Tensor | None] = {name: None for name, _ in self.layers}
         self._batch: dict[str, list[Tensor]] = {name: [] for name, _ in self.layers}
         self._batch_synops: dict[str, list[Tensor]] = {name: [] for name, _ in self.layers}
+        self._batch_synops |= {pool: [] for pool in self.pools}
         self.images = 0
         self._handles: list[Any] = []
 
@@ -202,9 +211,10 @@ class ActivityMonitor:
             # [T·B, ...] → Σ over the batch of |emitted| per step and element, [T, ...]: one
             # pass over the big tensor (an L1 norm), the rest on the small reduced one.
             folded = module.unfold(out.detach())
-            events = torch.linalg.vector_norm(folded, ord=1, dim=1, dtype=torch.float32)
+            events = torch.linalg.vector_norm(folded, ord=1, dim=1, dtype=state_dtype(folded.dtype))
             events = events.div_(quantum).round_()  # a sum of whole spike counts
-            self._batch[name].append(events.flatten(1).sum(1))  # [T]
+            if name not in self.pools:  # a pool's spikes are its feeder's, already counted
+                self._batch[name].append(events.flatten(1).sum(1))  # [T]
             self._batch_synops[name].append((events * fan).flatten(1).sum(1))  # [T]
 
         return hook
@@ -212,6 +222,8 @@ class ActivityMonitor:
     def __enter__(self) -> ActivityMonitor:
         for name, neuron in self.layers:
             self._handles.append(neuron.register_forward_hook(self._hook(name)))
+        for name, (pool, _) in self.pools.items():
+            self._handles.append(pool.register_forward_hook(self._hook(name)))
         return self
 
     @property
@@ -230,6 +242,9 @@ class ActivityMonitor:
             if not self._batch[name]:
                 continue
             ev, so = torch.cat(self._batch[name]), torch.cat(self._batch_synops[name])
+            for pool in (p for p, (_, feeder) in self.pools.items() if feeder == name):
+                so = so + torch.cat(self._batch_synops[pool])  # [T]: what it passed on
+                self._batch_synops[pool] = []
             self.events[name] = ev if self.events[name] is None else self.events[name] + ev
             self.synops[name] = so if self.synops[name] is None else self.synops[name] + so
             self._batch[name], self._batch_synops[name] = [], []
@@ -257,3 +272,27 @@ class ActivityMonitor:
             float(self.ann_macs),
             float(self.analog_macs),
         )
+
+
+def _pools(snn: SpikingNetwork) -> dict[str, tuple[LIPool, str]]:
+    """Every spiking max-pool of ``snn`` that reads one neuron layer's spikes (through
+    shape-only ops and other spiking pools), with that layer's name. A pool that reads
+    analog values (a max-pool before the activation) passes on no spikes and is not
+    counted."""
+    gm = snn.body
+    if not hasattr(gm, "graph"):
+        return {}
+    modules = dict(gm.named_modules())
+    neurons = {name for name, _ in snn.spiking_layers()}
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), LIPool):
+            continue
+        src = node.args[0]
+        while (src.op == "call_method" and src.target in ("contiguous", "clone", "to")) or (
+            src.op == "call_module" and isinstance(modules.get(src.target), LIPool)
+        ):
+            src = src.args[0]
+        if src.op == "call_module" and src.target in neurons:
+            out[node.target] = (modules[node.target], src.target)
+    return out

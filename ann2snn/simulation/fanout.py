@@ -7,7 +7,9 @@ spike event at ``e`` causes downstream: for a convolution that reads it,
 so border elements have smaller fan-outs; for a Linear, ``out_features``. Stateless ops in
 between are followed through to the weighted layers: a residual add passes the fan-out
 of its result to both inputs, concatenation and reshapes route it, average pooling sums
-the fan-outs of every window that contains ``e``, BatchNorm and scaling pass it on.
+the fan-outs of every window that contains ``e``, BatchNorm and scaling pass it on. A
+spiking max-pool (`LIPool`) is a spiking layer of its own: the spikes it emits carry its
+fan-out, the spikes that enter it none (a max is not a synaptic operation).
 
 It is computed once, by one reverse pass over the captured graph on one example image:
 each node's fan-out map is the sum, over its users, of what the user sends back. Routing
@@ -218,6 +220,10 @@ def _terminal_fanout(node: fx.Node, module: nn.Module | None, values: dict, x: T
         return torch.full_like(x, float(w.shape[0]), dtype=torch.float64)
     if isinstance(module, SpikingNeuron):
         return torch.ones_like(x, dtype=torch.float64)
+    if isinstance(module, LIPool):
+        # A spiking max-pool is no synapse: only the spikes it emits reach the next layer,
+        # and they are charged with its own fan-out (its output is a spiking layer here).
+        return torch.zeros_like(x, dtype=torch.float64)
     return None
 
 
@@ -225,7 +231,7 @@ def _pool_fanout(node: fx.Node, pool: nn.Module | None, x: Tensor, f_out: Tensor
     """A pool's fan-out per input element: every window the element belongs to; None for
     any other node."""
     if isinstance(pool, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d) or (
-        isinstance(pool, LIPool | nn.MaxPool2d) and pool.dilation in (1, (1, 1))
+        isinstance(pool, nn.MaxPool2d) and pool.dilation in (1, (1, 1))
     ):
         return _sum_pool_adjoint(
             x, f_out, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode
@@ -267,7 +273,9 @@ def _call(node: fx.Node, module: nn.Module | None, values: dict, swap: dict) -> 
 
 @torch.no_grad()
 def fanout_maps(snn: nn.Module, x: Tensor, values: dict | None = None) -> dict[str, Tensor]:
-    """{spiking layer name: fan-out per output element, shape of one image's output}.
+    """{spiking layer name: fan-out per output element, shape of one image's output}: every
+    neuron and every spiking max-pool (`LIPool`; the spikes it passes on are charged to it,
+    the spikes entering it cost nothing).
 
     ``snn`` is a `SpikingNetwork`; ``x`` one input image batch (only ``x[:1]`` is used);
     ``values``: its `record_values`, if already recorded.
@@ -298,7 +306,7 @@ def fanout_maps(snn: nn.Module, x: Tensor, values: dict | None = None) -> dict[s
             fan[src] = g if fan.get(src) is None else fan[src] + g
     out = {}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], SpikingNeuron):
+        if node.op == "call_module" and isinstance(modules[node.target], SpikingNeuron | LIPool):
             f = fan.get(node)
             out[node.target] = (torch.zeros_like(values[node]) if f is None else f)[0].float()
     return out

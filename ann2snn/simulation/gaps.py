@@ -16,9 +16,15 @@ from torch import Tensor, nn
 
 from .._util import finite_input
 from ..nn.network import SpikingNetwork, device_of, eval_mode
+from ..nn.state import state_dtype
 from .schedule import Schedule, check_snn, default_max_fold, run_schedule
 
 __all__ = ["ann_activations", "spike_rates", "compare", "LayerDiff"]
+
+
+def _acc(t: Tensor) -> Tensor:
+    """``t`` in the dtype gaps are measured in: fp32, or fp64 for a fp64 network."""
+    return t.to(state_dtype(t.dtype))
 
 
 def ann_activations(snn: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -27,11 +33,11 @@ def ann_activations(snn: SpikingNetwork, x: Tensor) -> tuple[dict[str, Tensor], 
     The network's state is untouched."""
     acts: dict[str, Tensor] = {}
     handles = [
-        n.register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, o.float()))
+        n.register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, _acc(o)))
         for name, n in snn.spiking_layers()
     ]
     try:
-        out = snn.ann_forward(x).float()
+        out = _acc(snn.ann_forward(x))
     finally:
         for h in handles:
             h.remove()
@@ -50,7 +56,7 @@ def spike_rates(
 
     def hook(name: str):
         def add(module: nn.Module, _inp: object, out: Tensor) -> None:
-            emitted = module.unfold(out).float().sum(0)  # [B, ...] this call's steps
+            emitted = _acc(module.unfold(out)).sum(0)  # [B, ...] this call's steps
             sums[name] = emitted if name not in sums else sums[name] + emitted
 
         return add
@@ -59,7 +65,7 @@ def spike_rates(
     max_fold = max_fold or default_max_fold(device_of(snn))
     snn.reset()
     try:
-        total = sum(o.float().sum(0) for o in run_schedule(snn, x, schedule, max_fold))
+        total = sum(_acc(o).sum(0) for o in run_schedule(snn, x, schedule, max_fold))
     finally:
         for h in handles:
             h.remove()
@@ -104,7 +110,7 @@ def compare(
 def _compare(ann: nn.Module, snn: SpikingNetwork, x: Tensor, schedule: Schedule) -> list[LayerDiff]:
     x = x.to(device_of(snn))
     ann_acts, ann_out = ann_activations(snn, x)
-    ref = ann.to(x.device)(x).float()
+    ref = _acc(ann.to(x.device)(x))
     if not torch.allclose(ref, ann_out, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
         raise ValueError("ann and snn disagree in ANN mode: was snn converted from this ann?")
     rates, snn_out = spike_rates(snn, x, schedule)

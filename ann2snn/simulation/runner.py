@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .._util import finite_input, positive_int
 from ..nn.network import SpikingNetwork, device_of, eval_mode
+from ..nn.state import state_dtype
 from .activity import ActivityMonitor, ActivityReport
 from .schedule import Schedule, check_snn, default_max_fold, run_schedule
 
@@ -61,7 +62,13 @@ def _batches(data: Any) -> Iterator[tuple[Tensor, Tensor]]:
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], Tensor):
         yield data[0], data[1]
         return
-    yield from data
+    for x, y in data:
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                "simulate: the input must be one tensor [B, ...] per batch (a converted "
+                f"network takes one input), got {type(x).__name__}"
+            )
+        yield x, y
 
 
 def _refuse_non_finite(bad_inputs: list[Tensor], bad_outputs: list[tuple[int, Tensor]]) -> None:
@@ -104,7 +111,7 @@ def run(
     with eval_mode(snn):
         snn.reset()
         for out in run_schedule(snn, x, schedule, max_fold or default_max_fold(device)):
-            s = out.float().sum(0)
+            s = out.to(state_dtype(out.dtype)).sum(0)
             total = s if total is None else total + s
         snn.reset()
     return total / T
@@ -179,7 +186,7 @@ def simulate(
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 for out in run_schedule(snn, x, schedule, max_fold):
                     # [n, B, C] → running sums after each of the n steps.
-                    cum = out.float().cumsum(0)
+                    cum = out.to(state_dtype(out.dtype)).cumsum(0)
                     bad_outputs.append((b, ~torch.isfinite(cum).all()))
                     if acc_out is not None:
                         cum = cum + acc_out
