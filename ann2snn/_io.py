@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -19,8 +20,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: Files of a run folder that no export or report may ever replace.
+CHECKPOINT_FILES = {
+    f"{tag}.{ext}" for tag in ("best", "last", "resume") for ext in ("json", "safetensors")
+}
+
 __all__ = [
     "VERSION",
+    "CHECKPOINT_FILES",
+    "check_output",
+    "staged_output",
+    "writable_folder",
     "stage",
     "commit",
     "atomic_write",
@@ -183,3 +193,73 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buf.getvalue())
     return path
+
+
+def writable_folder(folder: str | os.PathLike, what: str, create: bool = True) -> Path:
+    """``folder`` (created if missing and ``create``), checked writable before any work is
+    done for it; a missing folder that is not to be created is left to the caller."""
+    folder = Path(folder)
+    if not create and not folder.exists():
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{what} {folder}: cannot create the folder ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(
+            f"{what} {folder}: the folder is not writable (read-only?); choose another"
+        )
+    return folder
+
+
+def check_output(path: str | os.PathLike, force: bool = False, what: str = "output") -> Path:
+    """Where a file is about to be written: refused if it is a run's checkpoint file (never
+    replaced), an existing file unless ``force``, not a regular file, or in a folder that
+    does not exist (named)."""
+    path = Path(path)
+    if path.name in CHECKPOINT_FILES and any(
+        (path.parent / f"{tag}.json").exists() for tag in ("best", "last", "resume")
+    ):
+        raise FileExistsError(
+            f"{what} {path}: that is a checkpoint file of the run in {path.parent}; it is never "
+            "replaced — write the export elsewhere (e.g. next to it as net.nir)"
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{what} {path}: the folder {path.parent} does not exist; create it first"
+        )
+    if path.exists() and not path.is_file():
+        raise FileExistsError(f"{what} {path}: exists and is not a regular file")
+    if path.exists() and not force:
+        raise FileExistsError(
+            f"{what} {path}: the file exists; pass force=True (CLI: --force) to replace it"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def staged_output(path: str | os.PathLike):
+    """For writers that write by file name (h5py, the ONNX and torch.export writers): yields
+    a path with ``path``'s name in a fresh folder beside it; when the block succeeds, every
+    file written there (the file and any side file, e.g. ONNX's ``.data``, whose names the
+    file refers to) is renamed into ``path``'s folder, the main file last, so a kill at any
+    instant leaves the old file or the new one, never half of either. On failure nothing is
+    left behind."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp / path.name
+        written = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # main file last
+        for f in written:
+            os.chmod(f, 0o644)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(f, path.parent / f.name)
+    finally:
+        for f in tmp.iterdir() if tmp.exists() else ():
+            with contextlib.suppress(OSError):
+                f.unlink()
+        with contextlib.suppress(OSError):
+            tmp.rmdir()

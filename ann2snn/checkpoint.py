@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 from ._io import commit, json_safe, stage, versions
 from .conversion.preparation import prepare_as
 from .models import create_model
+from .models.external import is_external
 
 __all__ = [
     "FORMAT",
@@ -62,7 +64,8 @@ __all__ = [
 ]
 
 FORMAT = "ann2snn-checkpoint"
-FORMAT_VERSION = 1
+# 2: every record carries record_sha256 (format 1 records may lack it: read with a warning).
+FORMAT_VERSION = 2
 RESUME_FORMAT = "ann2snn-resume"
 RESUME_TAG = "resume"
 
@@ -280,6 +283,18 @@ def _read_json(path: Path, expected_format: str) -> dict:
     if not isinstance(record.get("weights_file"), str):
         raise CheckpointError(f"{path}: the record names no weights_file; re-save the checkpoint")
     expected = record.get("record_sha256")
+    if expected is None and version >= 2:
+        raise CheckpointError(
+            f"{path}: the record has no record_sha256, which every record of format "
+            f"{version} carries: it was edited (the field deleted); restore the original "
+            "record, or re-save the model with ann2snn.checkpoint.save_checkpoint"
+        )
+    if expected is None:
+        warnings.warn(
+            f"{path}: a format-1 record without record_sha256 is unverified (edits to it "
+            "cannot be detected); re-save it with ann2snn.checkpoint.save_checkpoint",
+            stacklevel=3,
+        )
     if expected is not None and record_digest(record) != expected:
         raise CheckpointError(
             f"{path}: the record was changed after it was written (record_sha256 does not match "
@@ -383,11 +398,30 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
+#: ``source:`` prefixes whose names are looked up in a fixed list, never imported by name.
+SAFE_SOURCES = ("torchvision", "timm")
+
+
+def _refuse_foreign_code(name: str, json_path: Path, trust_code: bool) -> None:
+    """A record naming ``package.module:function`` asks to import and call code: refused
+    unless the caller trusts the file."""
+    source = name.partition(":")[0]
+    if trust_code or not is_external(name) or source in SAFE_SOURCES:
+        return
+    raise CheckpointError(
+        f"{json_path}: the record asks to import {source!r} and call {name!r} to build the "
+        "model; a file cannot make ann2snn run code. If you trust where this run comes "
+        "from: ann2snn.load(path, trust_code=True) (CLI: --trust-code), or pass the "
+        "architecture: ann2snn.load(path, model=...)"
+    )
+
+
 def load(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
     *,
     model: nn.Module | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
     """Rebuild a trained model from a checkpoint.
 
@@ -398,6 +432,11 @@ def load(
         model: the architecture, for runs whose builder `load` cannot import (a model
             passed to ``ann2snn.train(cfg, model=...)``): the module as it was given to
             `train` (it is prepared as the record says, on a copy).
+        trust_code: allow a record whose model is ``package.module:function`` to import that
+            module and call that function. Loading never runs code a file names unless
+            asked: zoo models (and builders registered in this process with
+            `ann2snn.register_model`), ``torchvision:NAME`` and ``timm:NAME`` need no
+            opt-in; anything else is refused by name (or pass ``model=``).
 
     Returns:
         ``ann2snn.models.create_model(record["model"], **record["model_kwargs"])`` (zoo
@@ -423,6 +462,7 @@ def load(
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{json_path}: field 'prepare' is malformed ({e})") from None
     else:
+        _refuse_foreign_code(record["model"], json_path, trust_code)
         try:
             net = create_model(record["model"], **record["model_kwargs"])
         except (ValueError, TypeError) as e:

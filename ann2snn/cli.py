@@ -230,6 +230,12 @@ def _add_eval(sub: Any) -> None:
     fmt.add_argument("--json", action="store_true", help="print the report as JSON")
     fmt.add_argument("--csv", action="store_true", help="print accuracy per step as CSV")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run whose record names package.module:function to import and call it "
+        "(only for runs you trust)",
+    )
 
 
 def _add_export(sub: Any) -> None:
@@ -240,7 +246,8 @@ def _add_export(sub: Any) -> None:
     )
     x.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
     x.add_argument("--format", required=True, choices=["nir", "onnx", "torch"])
-    x.add_argument("--T", type=POS, default=4, help="ONNX/torch: time steps unrolled (default 4)")
+    x.add_argument("--T", type=POS, help="ONNX/torch: time steps unrolled (default 4)")
+    x.add_argument("--force", action="store_true", help="replace an existing output file")
     x.add_argument("--neuron", default="if", choices=list_neurons())
     x.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
     x.add_argument(
@@ -258,6 +265,12 @@ def _add_export(sub: Any) -> None:
     )
     x.add_argument("--out", required=True, help="file to write (.nir, .onnx, .pt2)")
     x.add_argument("--data-dir")
+    x.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run whose record names package.module:function to import and call it "
+        "(only for runs you trust)",
+    )
 
 
 def _add_check(sub: Any) -> None:
@@ -271,6 +284,12 @@ def _add_check(sub: Any) -> None:
     c.add_argument("--act", default="qcfs", choices=list_activations())
     c.add_argument("--pool", default="avg", choices=["avg", "max"])
     c.add_argument("--json", action="store_true")
+    c.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run whose record names package.module:function to import and call it "
+        "(only for runs you trust)",
+    )
 
 
 def _add_demo(sub: Any) -> None:
@@ -349,10 +368,14 @@ def _dtype(name: str):
 def _eval(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from ._io import writable_folder
     from .report import format_cost_table, format_table, write_report
     from .runs import evaluate_run
 
     steps = list(range(1, args.T_max + 1)) if args.T_max else args.T
+    # Where the report goes is checked before anything is simulated.
+    folder = Path(args.out) if args.out else _run_folder(args.checkpoint)
+    out_dir = writable_folder(folder, "report folder (--out)", create=bool(args.out))
     report = evaluate_run(
         args.checkpoint,
         args.neuron,
@@ -373,15 +396,14 @@ def _eval(args: argparse.Namespace) -> int:
         limit_test=args.limit_test,
         download=args.download,
         progress=not (args.no_progress or args.json or args.csv),
+        trust_code=args.trust_code,
     )
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
         return 0
     report["settings"] = {k: v for k, v in vars(args).items() if k != "func"}
     steps, row = report["steps"], report["rows"][0]
     detection = report.get("metric") == "map50"
-    paths = write_report(
-        report, Path(args.out) if args.out else _run_folder(args.checkpoint), steps
-    )
+    paths = write_report(report, out_dir, steps)
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
@@ -428,7 +450,7 @@ def _check(args: argparse.Namespace) -> int:
     if target.exists():
         from .checkpoint import load
 
-        model = load(target)
+        model = load(target, trust_code=args.trust_code)
     else:
         from .models import create_model
 
@@ -495,6 +517,8 @@ def _export(args: argparse.Namespace) -> int:
         sleep=args.sleep,
         time_input=args.time_input,
         data_dir=args.data_dir,
+        trust_code=args.trust_code,
+        force=args.force,
         **options,
     )
     for line in warnings:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._io import environment
+from ._io import check_output, environment
 from ._util import positive_int, resolve_device
 from .checkpoint import RunRecord, load
 from .conversion import convert
@@ -57,6 +57,7 @@ def evaluate_run(
     limit_test: int | None = None,
     download: bool = False,
     progress: bool = True,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Convert a trained run with ``neuron`` and simulate it on its test split; the report.
 
@@ -66,11 +67,12 @@ def evaluate_run(
     defaults to the ANN's levels; a ReLU network's thresholds come from the validation
     split. ``calibrate`` (a method of `ann2snn.calibrate`) calibrates on the validation
     split, once per reported T unless ``calib_T`` is given. Under ``torchrun`` each rank
-    simulates its share of the test set and the counts are summed.
+    simulates its share of the test set and the counts are summed. ``trust_code``: see
+    `ann2snn.load` (a record naming ``package.module:function`` runs that code).
     """
     rt = runtime_from_env(resolve_device("device", device))
     dev = rank_device(resolve_device("device", device), rt)
-    model = load(checkpoint, map_location=dev)
+    model = load(checkpoint, map_location=dev, trust_code=trust_code)
     record = RunRecord.of(model)
     if record.dataset is None:
         raise ValueError(
@@ -227,25 +229,52 @@ def example_input(record: RunRecord | dict, data_dir: str | None = None) -> Tens
     return torch.zeros_like(x[:2]).cpu()
 
 
+def _check_export_args(fmt: str, T: int | None, sleep: int, time_input: bool) -> None:
+    """Refuse a format that does not exist and options the chosen format would ignore."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export: format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if T is not None:
+        positive_int("T", T)
+    if sleep and fmt != "nir":
+        raise ValueError(
+            f"export: --sleep {sleep} is carried by NIR only (an exported {fmt} graph cannot "
+            "switch biases off)"
+        )
+    if fmt == "nir" and (T is not None or time_input):
+        flag = "--T" if T is not None else "--time-input"
+        raise ValueError(
+            f"export: {flag} shapes an unrolled ONNX/torch graph; a NIR file runs any number "
+            "of steps — leave it out for --format nir"
+        )
+
+
 def export_run(
     checkpoint: str | Path,
     fmt: str,
     out: str | Path,
-    T: int,
+    T: int | None = None,
     neuron: str = "if",
     binary: bool = False,
     sleep: int = 0,
     time_input: bool = False,
     data_dir: str | None = None,
+    trust_code: bool = False,
+    force: bool = False,
     **options: Any,
 ) -> tuple[Path, list[str]]:
     """What ``ann2snn export`` does: load a trained run, convert it with ``neuron`` and
     write it as ``fmt`` (``nir``, ``onnx`` or ``torch``) to ``out``. Returns the path and
-    the warnings (for NIR: what other readers lose)."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"export: format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    positive_int("T", T)
-    model = load(checkpoint, map_location="cpu")
+    the warnings (for NIR: what other readers lose).
+
+    ``T`` (default 4) and ``time_input`` shape the unrolled ONNX/torch graph; a NIR file
+    runs any T and refuses them, as ONNX/torch refuse ``sleep``. ``out`` is written whole
+    or not at all; it is never a run's checkpoint file, and an existing file is replaced
+    only with ``force``.
+    """
+    _check_export_args(fmt, T, sleep, time_input)
+    out = check_output(out, force, "export: --out")
+    T = 4 if T is None else T
+    model = load(checkpoint, map_location="cpu", trust_code=trust_code)
     record = RunRecord.of(model)
     calibration = None
     if needs_threshold_data(record.act):  # θ from data: the 99.9th percentile on validation
@@ -254,12 +283,6 @@ def export_run(
         ).val
     snn = convert(model, neuron, calibration=calibration, **options)
     example = example_input(record, data_dir)
-    out = Path(out)
-    if sleep and fmt != "nir":
-        raise ValueError(
-            f"export: --sleep {sleep} is carried by NIR only (an exported {fmt} graph cannot "
-            "switch biases off)"
-        )
     if fmt == "nir":
         return out, export_nir(snn, out, example, sleep=sleep)
     if fmt == "onnx":

@@ -154,7 +154,10 @@ def test_a_users_builder_by_module_path_trains_and_loads_without_user_code(tmp_p
     record = _tiny.train_tiny(cfg)
     assert record["model"] == "my_models:small" and record["prepare"] is None
     assert "validation" in record["init"]["thresholds"]
-    model = load(tmp_path / "run")
+    # The record names code (my_models:small): loading it is the caller's decision.
+    with pytest.raises(CheckpointError, match=r"import 'my_models' and call 'my_models:small'.*trust_code=True"):  # fmt: skip
+        load(tmp_path / "run")
+    model = load(tmp_path / "run", trust_code=True)
     assert float(next(m for m in model.modules() if isinstance(m, QCFS)).threshold.detach()) != 8.0
     assert sum(isinstance(m, QCFS) for m in model.modules()) == 1
     assert (

@@ -172,15 +172,37 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None) -> list[np.ndarray]:
 # --- CIFAR --------------------------------------------------------------------------------
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can build a CIFAR batch and nothing else: dicts, lists, bytes,
+    strings and numbers come from the pickle opcodes themselves; the only classes it may
+    look up are numpy's array reconstruction and the codec Python 2 byte strings use."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"the pickle names {module}.{name}, which a CIFAR batch never holds (a pickle "
+                "that names code runs it); refused without building it"
+            )
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR batch -> uint8 [N,3,32,32], int64 [N].
 
     The real files are Python-2 pickles of numpy arrays (hence ``latin1``); keys are bytes or
-    str depending on the writer. Like torchvision this unpickles: read only trusted files.
+    str depending on the writer. They are read by `_CifarUnpickler`, which builds only the
+    numpy and builtin types the format uses: a pickle that names anything else (the way a
+    pickle runs code) is refused before that object is made.
     """
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = _CifarUnpickler(f, encoding="latin1").load()
     except (
         pickle.UnpicklingError,
         EOFError,

@@ -4,7 +4,7 @@ NIR (`export_nir` / `import_nir`), ONNX and ``torch.export`` (`export_onnx`,
 """
 
 from .binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
-from .nir import NIRExportError, export_nir, import_nir
+from .nir import NIRExportError, NIRImportError, export_nir, import_nir
 from .onnx import Unrolled, export_onnx, export_program
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "export_nir",
     "import_nir",
     "NIRExportError",
+    "NIRImportError",
     "export_onnx",
     "export_program",
     "Unrolled",

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .._io import staged_output
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, IFNeuron, SpikingNeuron
 from .binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
@@ -284,61 +285,122 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
             "reader_losses": losses,
         }
     }
-    nir.write(str(path), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
+    with staged_output(path) as tmp:  # an existing file is replaced whole, or not at all
+        nir.write(str(tmp), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
     return losses
 
 
 # ----------------------------------------------------------------------------- import
 
+#: The most bytes of arrays `import_nir` reads from one file (``max_bytes`` overrides): the
+#: sizes a file declares are checked before anything is read, so a small file of
+#: compressed giant arrays cannot make the reader allocate without bound.
+MAX_IMPORT_BYTES = 1 << 30
+#: The most members a group neuron may have in an imported file (ann2snn writes τ ≤ L).
+MAX_MEMBERS = 4096
+
+
+class NIRImportError(ValueError):
+    """A NIR file that `import_nir` refuses: named, with what is wrong, in NIR's terms."""
+
 
 class PlainNIRIF(SpikingNeuron):
-    """NIR's IF as a reader without ann2snn's metadata executes it (discrete time, R = 1):
-    ``v ← v + x``; spike 1 where ``v > v_threshold`` (strict); there ``v ← v_reset``;
-    v(0) = 0. For measuring what such readers lose (`import_nir(..., metadata=False)`)."""
+    """NIR's IF as NIR specifies it (discrete time, dt = 1): ``v ← v + r·x``; spike 1 where
+    ``v > v_threshold`` (strict); there ``v ← v_reset``; v(0) = 0. What `import_nir` runs
+    for an IF node without ann2snn's metadata (or with ``metadata=False``)."""
+
+    def __init__(self, threshold: float, r: float = 1.0, v_reset: float = 0.0, **kwargs):
+        super().__init__(threshold, **kwargs)
+        self.r, self.v_reset = float(r), float(v_reset)
 
     @staticmethod
-    def kernel(v: Tensor, x: Tensor, out: Tensor, theta: Tensor, v_reset: float) -> Tensor:
-        v.add_(x)
+    def kernel(
+        v: Tensor, x: Tensor, out: Tensor, theta: Tensor, r: float, v_reset: float
+    ) -> Tensor:
+        v.add_(x, alpha=r)
         torch.gt(v, theta, out=out)
         v.mul_(1 - out).add_(out * v_reset)
         return out.mul_(theta)  # emitted value θ per spike; `binary` turns it into 1
 
     def kernel_args(self) -> tuple:
-        return (self.threshold, 0.0)
+        return (self.threshold, self.r, self.v_reset)
 
 
-def _module_for(nir, node, metadata: bool = True) -> nn.Module:
-    """The inverse table: one NIR node → one torch module (``metadata=False``: as a reader
-    without ann2snn's metadata: plain NIR IF neurons, additions still summed)."""
-    meta = (node.metadata or {}).get("ann2snn", {})
-    if not metadata and isinstance(node, nir.IF):
-        plain = PlainNIRIF(float(np.asarray(node.v_threshold).reshape(-1)[0]), v_init=0.0)
-        plain.binary = True
-        return plain
-    if not metadata:  # member fan-out/sum then run as the 1×1 convs they are written as
-        meta = {}
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    if isinstance(node, nir.IF):
-        theta = float(np.asarray(node.v_threshold).reshape(-1)[0])
-        if meta.get("neuron") == "cif":
-            n: SpikingNeuron = ConsistentIF(
-                theta,
-                v_init=0.0,
-                gamma=int(meta.get("gamma", 1)),
-                negative_spikes=bool(meta.get("negative_spikes", 1)),
+def _array(key: str, field: str, value: Any) -> np.ndarray:
+    """A node's array, refused when it holds NaN/inf (a NaN weight gives finite, wrong
+    outputs downstream of a threshold)."""
+    a = np.asarray(value, dtype=np.float64)
+    bad = int((~np.isfinite(a)).sum())
+    if bad:
+        raise NIRImportError(f"import_nir: node {key!r}: {field} holds {bad} NaN/inf value(s)")
+    return a
+
+
+def _uniform(key: str, field: str, value: Any) -> float:
+    """One number for a per-neuron field ann2snn's neurons hold per layer; refused when
+    the file gives different values to different neurons."""
+    a = _array(key, field, value).reshape(-1)
+    if a.size == 0 or not np.all(a == a[0]):
+        raise NIRImportError(
+            f"import_nir: node {key!r}: per-neuron {field} ({a.size} values, from "
+            f"{a.min() if a.size else '-'} to {a.max() if a.size else '-'}) is not supported; "
+            "ann2snn's IF neurons hold one value per layer"
+        )
+    return float(a[0])
+
+
+def _if_module(nir, key: str, node: Any, meta: dict) -> SpikingNeuron:
+    """An IF node: ann2snn's neuron as its metadata describes it, else NIR's IF as written."""
+    theta = _uniform(key, "v_threshold", node.v_threshold)
+    if theta <= 0:
+        raise NIRImportError(f"import_nir: node {key!r}: v_threshold must be > 0, got {theta}")
+    r = _uniform(key, "r", node.r)
+    v_reset = _uniform(key, "v_reset", node.v_reset) if node.v_reset is not None else 0.0
+    if not meta:
+        n: SpikingNeuron = PlainNIRIF(theta, r=r, v_reset=v_reset, v_init=0.0)
+    else:
+        if r != 1.0:
+            raise NIRImportError(
+                f"import_nir: node {key!r}: r = {r} in an ann2snn IF node (written with r = 1)"
             )
+        if meta.get("neuron") == "cif":
+            n = ConsistentIF(theta, v_init=0.0, gamma=int(meta.get("gamma", 1)),
+                             negative_spikes=bool(meta.get("negative_spikes", 1)))  # fmt: skip
         else:
             n = IFNeuron(theta, v_init=0.0)
-        v_init = t(meta["v_init"]) if "v_init" in meta else torch.zeros(())
-        n.v_offset = v_init  # per neuron [C, ...]: broadcasts over the batch
-        n.binary = True
-        return n
+        if "v_init" in meta:  # per neuron [C, ...]: broadcasts over the batch
+            n.v_offset = torch.as_tensor(_array(key, "metadata v_init", meta["v_init"]))
+        else:
+            n.v_offset = torch.zeros(())
+        n.v_offset = n.v_offset.to(torch.float32)
+    n.binary = True
+    return n
+
+
+def _members(key: str, meta: dict) -> nn.Module:
+    members = meta.get("members")
+    if not isinstance(members, int | np.integer) or not 1 <= int(members) <= MAX_MEMBERS:
+        shown = int(members) if isinstance(members, np.integer) else members
+        raise NIRImportError(
+            f"import_nir: node {key!r}: metadata members = {shown!r}; a group neuron has "
+            f"1 to {MAX_MEMBERS} members"
+        )
+    return (MemberExpand if meta["op"] == "MemberExpand" else MemberSum)(int(members))
+
+
+def _module_for(nir, key: str, node: Any, metadata: bool = True) -> nn.Module:
+    """The inverse table: one NIR node → one torch module (``metadata=False``: as a reader
+    without ann2snn's metadata: plain NIR IF neurons, additions still summed)."""
+    meta = (node.metadata or {}).get("ann2snn", {}) if metadata else {}
+    t = lambda f, a: torch.as_tensor(_array(key, f, a), dtype=torch.float32)  # noqa: E731
+    if isinstance(node, nir.IF):
+        return _if_module(nir, key, node, meta)
     if meta.get("op") in ("MemberExpand", "MemberSum"):
-        return (MemberExpand if meta["op"] == "MemberExpand" else MemberSum)(int(meta["members"]))
+        return _members(key, meta)
     if meta.get("op") == "add":  # a residual sum: the edges already add
         return nn.Identity()
     if isinstance(node, nir.Conv2d):
-        w = t(node.weight)
+        w = t("weight", node.weight)
         conv = nn.Conv2d(
             w.shape[1] * node.groups,
             w.shape[0],
@@ -350,15 +412,15 @@ def _module_for(nir, node, metadata: bool = True) -> nn.Module:
         )
         with torch.no_grad():
             conv.weight.copy_(w)
-            conv.bias.copy_(t(node.bias))
+            conv.bias.copy_(t("bias", node.bias))
         return conv
     if isinstance(node, nir.Affine | nir.Linear):
-        w = t(node.weight)
+        w = t("weight", node.weight)
         lin = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
         with torch.no_grad():
             lin.weight.copy_(w)
             if isinstance(node, nir.Affine):
-                lin.bias.copy_(t(node.bias))
+                lin.bias.copy_(t("bias", node.bias))
         return lin
     if isinstance(node, nir.AvgPool2d):
         as_tuple = lambda a: tuple(int(v) for v in np.atleast_1d(a))  # noqa: E731
@@ -368,34 +430,138 @@ def _module_for(nir, node, metadata: bool = True) -> nn.Module:
     if isinstance(node, nir.Flatten):
         return nn.Flatten(int(node.start_dim) + 1, -1)
     if isinstance(node, nir.Scale):
-        scale = np.asarray(node.scale).reshape(-1)
-        if not np.all(scale == scale[0]):
-            raise ValueError("import_nir: a Scale node with per-element scales is not supported")
-        return SpikeScale(float(scale[0]))
-    raise ValueError(f"import_nir: no ann2snn module for NIR node {type(node).__name__}")
+        return SpikeScale(_uniform(key, "scale", node.scale))
+    raise NIRImportError(
+        f"import_nir: node {key!r}: no ann2snn module for NIR {type(node).__name__}"
+    )
 
 
-def import_nir(path: str | Path, metadata: bool = True) -> SpikingNetwork:
+def _scan_file(path: Path, max_bytes: int) -> None:
+    """Before anything is read: a regular HDF5 file whose arrays, as declared, fit."""
+    if not path.is_file():  # a folder, a missing file, a FIFO, /dev/zero: never read
+        raise FileNotFoundError(f"import_nir: no NIR file at {path} (not a regular file)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head != b"\x89HDF\r\n\x1a\n":
+        what = "is empty" if not head else f"starts with {head!r}"
+        raise NIRImportError(
+            f"import_nir: {path} is not a NIR file: NIR files are HDF5, which start with "
+            f"b'\\x89HDF'; this one {what}"
+        )
+    import h5py  # nir's own dependency
+
+    declared = []
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda _, obj: (
+                declared.append(obj.size * obj.dtype.itemsize)
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
+        )
+    if sum(declared) > max_bytes:
+        raise NIRImportError(
+            f"import_nir: {path} declares {sum(declared) / 2**20:.1f} MiB of arrays, more "
+            f"than max_bytes = {max_bytes / 2**20:.0f} MiB; pass a larger max_bytes only for "
+            "a file you trust"
+        )
+
+
+def _check_graph(nir, graph: Any) -> dict[str, list[str]]:
+    """{node: the nodes feeding it}, for a graph with one Input, one Output, edges between
+    nodes that exist, and no node that nothing feeds."""
+    for kind in (nir.Input, nir.Output):
+        found = [k for k, n in graph.nodes.items() if isinstance(n, kind)]
+        if len(found) != 1:
+            raise NIRImportError(
+                f"import_nir: the graph has {len(found)} {kind.__name__} nodes "
+                f"({', '.join(map(repr, found)) or 'none'}); ann2snn runs graphs with exactly one"
+            )
+    incoming: dict[str, list[str]] = {k: [] for k in graph.nodes}
+    for src, dst in graph.edges:
+        for end in (src, dst):
+            if end not in graph.nodes:
+                raise NIRImportError(f"import_nir: edge {src!r} → {dst!r} names no node {end!r}")
+        incoming[dst].append(src)
+    for key, node in graph.nodes.items():
+        if isinstance(node, nir.Input) and incoming[key]:
+            raise NIRImportError(f"import_nir: the Input node {key!r} has incoming edges")
+        if not isinstance(node, nir.Input) and not incoming[key]:
+            raise NIRImportError(f"import_nir: node {key!r} has no incoming edge (an orphan)")
+    return incoming
+
+
+def _topological(nodes: dict[str, Any], incoming: dict[str, list[str]]) -> list[str]:
+    """Kahn's order (iterative: a 5,000-node chain is no deeper than a 2-node one)."""
+    waiting = {k: len(v) for k, v in incoming.items()}
+    users: dict[str, list[str]] = {k: [] for k in nodes}
+    for dst, srcs in incoming.items():
+        for src in srcs:
+            users[src].append(dst)
+    ready = [k for k, n in waiting.items() if n == 0]
+    done: list[str] = []
+    while ready:
+        k = ready.pop()
+        done.append(k)
+        for u in users[k]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if len(done) != len(nodes):
+        stuck = sorted(k for k in nodes if waiting[k] > 0)
+        raise NIRImportError(
+            f"import_nir: the graph has a cycle through {', '.join(map(repr, stuck[:5]))} "
+            "(recurrent NIR graphs are not supported)"
+        )
+    return done
+
+
+def _module_name(key: str, taken: set[str]) -> str:
+    """A module name for a NIR node key, unique even where two keys sanitise alike."""
+    base = "n_" + "".join(c if c.isalnum() else "_" for c in key)
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def import_nir(
+    path: str | Path, metadata: bool = True, max_bytes: int = MAX_IMPORT_BYTES
+) -> SpikingNetwork:
     """Read a NIR graph (written by `export_nir`, or any graph of the supported nodes:
     Input, Output, Affine, Linear, Conv2d, AvgPool2d, Flatten, Scale, IF) into a
     binarized `SpikingNetwork`. Nodes with several incoming edges sum their inputs.
 
-    ``metadata=False`` ignores ann2snn's node metadata and runs NIR's IF as written
-    (reset to v_reset, v(0) = 0, positive spikes only): what a plain NIR reader does,
-    to measure what it loses."""
+    The file is checked before it is used: a regular HDF5 file whose declared arrays fit
+    ``max_bytes``; one Input and one Output, edges between existing nodes, no orphan and
+    no cycle; finite weights; per-neuron IF parameters uniform (refused by name if not).
+    IF nodes with ann2snn's metadata run as ann2snn wrote them (reset by subtraction,
+    v(0)); other IF nodes, and all with ``metadata=False``, run as NIR specifies them
+    (``v ← v + r·x``, spike when ``v > v_threshold``, reset to ``v_reset``, v(0) = 0,
+    dt = 1): what a plain NIR reader does.
+
+    Raises:
+        NIRImportError: naming the node and what is wrong with it.
+    """
     nir = _nir()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"import_nir: no NIR file at {path}")
-    graph = nir.read(str(path))
-    incoming: dict[str, list[str]] = {k: [] for k in graph.nodes}
-    for src, dst in graph.edges:
-        incoming[dst].append(src)
-    root = nn.Module()
-    g = fx.Graph()
-    value: dict[str, fx.Node] = {}
-    names: dict[str, str] = {}
+    _scan_file(path, max_bytes)
+    try:  # the structure is checked here first; nir's type check runs after it
+        graph = nir.read(str(path), type_check=False)
+    except Exception as e:  # noqa: BLE001 - a damaged file is named, whatever broke
+        raise NIRImportError(f"import_nir: {path}: not a readable NIR graph ({e})") from None
+    incoming = _check_graph(nir, graph)
     order = _topological(graph.nodes, incoming)
+    try:  # what nir.read does with type_check, once the structure is known to be sound
+        graph.infer_types()
+        graph.check_types()
+    except Exception as e:  # noqa: BLE001
+        raise NIRImportError(f"import_nir: {path}: node shapes do not fit together ({e})") from None
+    root, g = nn.Module(), fx.Graph()
+    value: dict[str, fx.Node] = {}
+    taken: set[str] = set()
     layers: list[str] = []
     for key in order:
         node = graph.nodes[key]
@@ -409,41 +575,17 @@ def import_nir(path: str | Path, metadata: bool = True) -> SpikingNetwork:
         if isinstance(node, nir.Output):
             g.output(total)
             continue
-        name = "n_" + "".join(c if c.isalnum() else "_" for c in key)
-        names[key] = name
-        module = _module_for(nir, node, metadata)
+        name = _module_name(key, taken)
+        module = _module_for(nir, key, node, metadata)
         root.add_module(name, module)
         value[key] = g.call_module(name, (total,))
         if isinstance(module, SpikingNeuron):
             layers.append(name)
     meta = (graph.metadata or {}).get("ann2snn", {})
-    gm = fx.GraphModule(root, g)
     config = {
         "binary": True,
         "source": "nir",
         "folded_scales": None,
         "sleep": int(meta.get("schedule", {}).get("sleep", 0)),
     }
-    return SpikingNetwork(gm, str(meta.get("neuron", "if")), layers, config)
-
-
-def _topological(nodes: dict[str, Any], incoming: dict[str, list[str]]) -> list[str]:
-    done: list[str] = []
-    seen: set[str] = set()
-
-    def visit(k: str, stack: tuple[str, ...] = ()) -> None:
-        if k in seen:
-            return
-        if k in stack:
-            raise ValueError(
-                f"import_nir: the graph has a cycle through {k!r} (recurrent NIR graphs are not "
-                "supported)"
-            )
-        for s in incoming[k]:
-            visit(s, stack + (k,))
-        seen.add(k)
-        done.append(k)
-
-    for k in nodes:
-        visit(k)
-    return done
+    return SpikingNetwork(fx.GraphModule(root, g), str(meta.get("neuron", "if")), layers, config)

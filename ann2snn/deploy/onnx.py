@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._io import staged_output
 from .._util import positive_int
 from ..nn.network import SpikingNetwork
 from .binary import binarize, is_binarized
@@ -53,7 +54,18 @@ class Unrolled(nn.Module):
         return out
 
 
+#: The most steps an exported graph unrolls: its size and the export time grow with T (at
+#: 100,000 steps the export ran for minutes while memory grew). A NIR file runs any T.
+MAX_UNROLLED_T = 1024
+
+
 def _prepared(snn: SpikingNetwork, example: Tensor, T: int, time_input: bool, binary: bool):
+    positive_int("T", T)
+    if T > MAX_UNROLLED_T:
+        raise ValueError(
+            f"T={T}: an ONNX or torch.export graph unrolls every step, at most "
+            f"{MAX_UNROLLED_T}; export NIR (any T at run time) or unroll fewer steps"
+        )
     net = binarize(snn, example) if binary and not is_binarized(snn) else copy.deepcopy(snn)
     # Inference only: the neurons' in-place kernels take no gradient, so the exported
     # program must not ask for one.
@@ -80,7 +92,8 @@ def export_program(
     with torch.no_grad():
         program = torch.export.export(module, (x,), dynamic_shapes=dims)
     if path is not None:
-        torch.export.save(program, str(path))
+        with staged_output(path) as tmp:
+            torch.export.save(program, str(tmp))
     return program
 
 
@@ -103,11 +116,11 @@ def export_onnx(
         ) from e
     module, x, dims = _prepared(snn, example, T, time_input, binary)
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), staged_output(path) as tmp:
         torch.onnx.export(
             module,
             (x,),
-            str(path),
+            str(tmp),
             input_names=["x"],
             output_names=["y"],
             dynamic_shapes=dims,

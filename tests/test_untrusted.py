@@ -1,0 +1,103 @@
+"""Files from strangers: a run folder, a dataset file or a record someone sent must never
+run code on this machine, and edits to a record are caught. Each case puts a payload where
+a careless reader would execute it (it would create a marker file) and checks that the
+marker never appears and the error names what was refused and how to allow it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from test_checkpoint import _record, _trained_tiny
+
+import ann2snn
+from ann2snn import checkpoint as ckpt
+from ann2snn.checkpoint import CheckpointError
+from ann2snn.cli import main
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    ckpt.save_checkpoint(tmp_path / "run", _trained_tiny(), _record(), tag="best")
+    return tmp_path / "run"
+
+
+def _point_record_at(run, model_name: str) -> None:
+    """What a hostile sender does: name code in the record and re-hash it (anyone can)."""
+    path = run / "best.json"
+    record = json.loads(path.read_text())
+    record["model"] = model_name
+    record["record_sha256"] = ckpt.record_digest(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("name", ["evil_payload:build", "code:interact", "os:getcwd"])
+def test_a_record_naming_code_is_refused_without_running_it(run_folder, tmp_path, monkeypatch, name):  # fmt: skip
+    marker = tmp_path / "ran"
+    (run_folder / "evil_payload.py").write_text(textwrap.dedent(f"""
+        open({str(marker)!r}, "w").close()  # runs on import
+        def build(**kw):
+            open({str(marker)!r}, "w").close()
+    """))  # fmt: skip
+    monkeypatch.syspath_prepend(str(run_folder))
+    _point_record_at(run_folder, name)
+    with pytest.raises(CheckpointError, match=rf"asks to import .* and call '{name}'.*trust_code=True"):  # fmt: skip
+        ann2snn.load(run_folder)
+    assert main(["check", str(run_folder)]) == 2
+    assert not marker.exists()
+
+
+def test_trusting_a_record_runs_its_builder(run_folder, tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    (tmp_path / "mine.py").write_text(textwrap.dedent(f"""
+        from test_checkpoint import _trained_tiny
+        def build(**kw):
+            open({str(marker)!r}, "w").close()
+            return _trained_tiny()
+    """))  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _point_record_at(run_folder, "mine:build")
+    model = ann2snn.load(run_folder, trust_code=True)
+    assert marker.exists() and model.ann2snn_record["model"] == "mine:build"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_cifar_pickle_that_names_code_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": _Payload(marker)}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match=r"data_batch_1: cannot read .*names io\.open.*refused"):
+        ann2snn.create_loaders("cifar10", data_dir=tmp_path, device="cpu")
+    assert not marker.exists()
+
+
+def test_a_record_whose_hash_was_deleted_is_refused(run_folder):
+    path = run_folder / "best.json"
+    record = json.loads(path.read_text())
+    record["model_kwargs"] = {**record["model_kwargs"], "levels": 8}  # an edit ...
+    del record["record_sha256"]  # ... and the hash that would show it, deleted
+    path.write_text(json.dumps(record))
+    with pytest.raises(
+        CheckpointError, match="has no record_sha256, which every record of format 2"
+    ):
+        ann2snn.load(run_folder)
+    record["format_version"] = 1  # a record written before hashes: read, with a warning
+    path.write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="unverified"):
+        ckpt.load_record(run_folder)
+    with pytest.warns(UserWarning, match="unverified"):
+        assert torch.is_tensor(next(iter(ckpt.load_state_dict(run_folder).values())))
