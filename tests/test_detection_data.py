@@ -276,3 +276,61 @@ def test_cli_detection_mistakes_are_one_line(tmp_path, args, message):
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "r" / "last.json").exists()
+
+
+# --- annotations checked at the door ------------------------------------------------------
+
+
+def _voc_with(tmp_path: Path, objects: list, raw: str | None = None) -> Path:
+    root = write_voc(tmp_path / "voc")
+    path = root / "VOCdevkit" / "VOC2007" / "Annotations" / "000002.xml"
+    path.write_text(raw if raw is not None else _voc_xml(objects, 100, 60))
+    return root
+
+
+def test_voc_boxes_are_clipped_and_degenerate_ones_dropped_with_a_count(tmp_path):
+    # One box reaching past the right edge (clipped), one with negative size (dropped).
+    root = _voc_with(tmp_path, [("car", 50, 5, 400, 45, 0), ("dog", 40, 30, 20, 10, 0)])
+    with pytest.warns(UserWarning, match=r"PASCAL VOC: 1 box\(es\) clipped .* 1 degenerate"):
+        L = create_detection_loaders("voc", data_dir=root, batch_size=4, val_fraction=0.0,
+                                     augment=False, device="cpu", image_size=100)  # fmt: skip
+    _, y = next(iter(L.train))
+    boxes = y.view(-1, 5)[y.view(-1, 5)[:, 0] == VOC_CLASSES.index("car")]
+    assert boxes.shape[0] == 1 and float(boxes[0, 3]) == pytest.approx(100.0)  # x2 at the edge
+    assert int((y.view(-1, 5)[:, 0] == VOC_CLASSES.index("dog")).sum()) == 1  # 000001's only
+
+
+@pytest.mark.parametrize(
+    "objects, raw, message",
+    [
+        ([("car", "nan", 5, 90, 45, 0)], None, r"000002\.xml: object 0 has a non-finite box"),
+        ([("spaceship", 5, 5, 90, 45, 0)], None, r"000002\.xml: object 0 has class 'spaceship', not one of the 20 VOC classes \(aeroplane, "),
+        ([], "<annotation><size><width>10", r"000002\.xml: not a readable VOC annotation"),
+    ],
+)  # fmt: skip
+def test_voc_annotations_that_cannot_be_right_are_named(tmp_path, objects, raw, message):
+    root = _voc_with(tmp_path, objects, raw)
+    with pytest.raises(ValueError, match=message):
+        create_detection_loaders("voc", data_dir=root, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["annotations"][0].update(category_id=999), r"annotation 1 \(image 1\): category_id 999 is not among the file's categories \(1, 3\)"),
+        (lambda d: d["annotations"][0].update(bbox=[float("nan"), 1, 2, 3]), r"image 1: object 0 has a non-finite box"),
+        (None, r"instances_train2017\.json: not a readable COCO annotation file"),
+    ],
+)  # fmt: skip
+def test_coco_annotations_that_cannot_be_right_are_named(tmp_path, edit, message):
+    pytest.importorskip("pycocotools")
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train2017.json"
+    if edit is None:
+        path.write_text(path.read_text()[:40])  # truncated
+    else:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        create_detection_loaders("coco", data_dir=root, device="cpu")

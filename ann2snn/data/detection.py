@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,8 +158,8 @@ class _PhotoDataset(torch.utils.data.Dataset):
     """``(index, flip)`` → (normalised ``[3, S, S]`` image, ``[K, 5]`` box rows)."""
 
     def __init__(self, samples: list[tuple[Any, int]], size: int) -> None:
-        # samples: (a torchvision dataset, index into it) pairs; its targets are parsed by
-        # `_rows`, which knows both formats.
+        # samples: (a torchvision dataset, index into it) pairs; the dataset carries its
+        # boxes, checked at the door, as ``ann2snn_table`` (one [K, 5] tensor per image).
         self.samples, self.size = samples, size
         self.mean, self.std = (torch.tensor(s).view(-1, 1, 1) for s in _PHOTO_STATS)
 
@@ -169,9 +171,9 @@ class _PhotoDataset(torch.utils.data.Dataset):
 
         i, flip = item
         source, j = self.samples[i]
-        img, target = source[j]
+        img, _ = source[j]
         w, h = img.size
-        rows = source.ann2snn_rows(target)  # [K, 5] pixels of the original image
+        rows = source.ann2snn_table[j].clone()  # [K, 5] checked pixels of the original image
         x = resize(pil_to_tensor(img.convert("RGB")), [self.size, self.size], antialias=True)
         x = (x.float() / 255 - self.mean) / self.std
         rows[:, 1::2] *= self.size / w
@@ -223,16 +225,79 @@ class PhotoLoader(EpochLoader):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def _voc_rows(target: dict) -> Tensor:
-    rows = []
-    for obj in target["annotation"].get("object", []):
+class BoxCheck:
+    """Boxes checked at the door, once per dataset, when its loaders are made: non-finite
+    coordinates and unknown classes are refused naming the file and the object; boxes are
+    clipped to their image and the degenerate ones (no area left) dropped, each counted."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.clipped, self.dropped = name, 0, 0
+
+    def rows(self, objects: list[tuple[int, list[float]]], width: float, height: float,
+             where: str) -> Tensor:  # fmt: skip
+        """``[K, 5]`` (class, x1, y1, x2, y2) rows of one image's ``(class, box)`` objects."""
+        out = []
+        for i, (cls, box) in enumerate(objects):
+            b = np.asarray(box, dtype=np.float64)
+            if not np.isfinite(b).all():
+                raise ValueError(f"{where}: object {i} has a non-finite box {box}; fix the file")
+            c = np.clip(b, 0, [width, height, width, height])
+            self.clipped += bool((c != b).any())
+            if c[2] <= c[0] or c[3] <= c[1]:
+                self.dropped += 1
+                continue
+            out.append((cls, *c.tolist()))
+        return torch.tensor(out, dtype=torch.float32).view(-1, 5)
+
+    def report(self) -> None:
+        if self.clipped or self.dropped:
+            warnings.warn(
+                f"{self.name}: {self.clipped} box(es) clipped to their image, {self.dropped} "
+                "degenerate box(es) (no area inside the image) dropped",
+                stacklevel=3,
+            )
+
+
+def _voc_objects(target: dict, where: str) -> tuple[list, float, float]:
+    """(class, box) of every non-difficult object of one parsed VOC annotation, and the
+    image's width and height."""
+    ann = target["annotation"]
+    objects = ann.get("object", [])
+    objects = objects if isinstance(objects, list) else [objects]
+    out = []
+    for i, obj in enumerate(objects):
         if str(obj.get("difficult", "0")) == "1":
             continue
-        b = obj["bndbox"]
-        # VOC pixels are 1-based and inclusive: (xmin − 1, ymin − 1, xmax, ymax) in 0-based edges.
-        box = (float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"]))
-        rows.append((VOC_CLASSES.index(obj["name"]), *box))
-    return torch.tensor(rows, dtype=torch.float32).view(-1, 5)
+        if obj.get("name") not in VOC_CLASSES:
+            raise ValueError(
+                f"{where}: object {i} has class {obj.get('name')!r}, not one of the 20 VOC "
+                f"classes ({', '.join(VOC_CLASSES)})"
+            )
+        try:
+            b = obj["bndbox"]
+            # VOC pixels are 1-based and inclusive: (xmin − 1, ymin − 1, xmax, ymax) as edges.
+            box = [float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])]
+            size = ann["size"]
+            w, h = float(size["width"]), float(size["height"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: object {i}: a box or size field is missing or not a number ({e})") from None  # fmt: skip
+        out.append((VOC_CLASSES.index(obj["name"]), box))
+    return out, w if out else 0.0, h if out else 0.0
+
+
+def _voc_table(ds: Any, check: BoxCheck) -> list[Tensor]:
+    """Every annotation of a `VOCDetection` read, checked and turned into rows, up front."""
+    import xml.etree.ElementTree as ET
+
+    table = []
+    for path in ds.annotations:
+        try:
+            target = ds.parse_voc_xml(ET.parse(path).getroot())
+        except (ET.ParseError, OSError) as e:
+            raise ValueError(f"{path}: not a readable VOC annotation ({e})") from None
+        objects, w, h = _voc_objects(target, str(path))
+        table.append(check.rows(objects, w, h, str(path)))
+    return table
 
 
 def _load_voc(data_dir: str | os.PathLike | None) -> tuple[list, list]:
@@ -250,16 +315,19 @@ def _load_voc(data_dir: str | os.PathLike | None) -> tuple[list, list]:
             "pass --data-dir (data_dir=).",
         )
 
+    check = BoxCheck("PASCAL VOC")
+
     def part(year: str, image_set: str) -> list:
         split_file = root / "VOCdevkit" / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt"
         if not split_file.is_file():
             return []
         ds = VOCDetection(str(root), year=year, image_set=image_set, download=False)
-        ds.ann2snn_rows = _voc_rows
+        ds.ann2snn_table = _voc_table(ds, check)
         return [(ds, j) for j in range(len(ds))]
 
     train = part("2007", "trainval") + part("2012", "trainval")
     test = part("2007", "test")
+    check.report()
     if not train or not test:
         raise dataset_not_found(
             "PASCAL VOC image sets",
@@ -285,32 +353,48 @@ def _load_coco(data_dir: str | os.PathLike | None) -> tuple[list, list, int]:
             "download train2017.zip, val2017.zip and annotations_trainval2017.zip from "
             "cocodataset.org, unpack them into one folder and pass --data-dir (data_dir=).",
         )
-    parts, ids = [], None
+    parts, ids, check = [], None, BoxCheck("COCO")
     for split in ("train2017", "val2017"):
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            ds = CocoDetection(str(root / split), str(root / f"annotations/instances_{split}.json"))
+        file = root / f"annotations/instances_{split}.json"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                ds = CocoDetection(str(root / split), str(file))
+        except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{file}: not a readable COCO annotation file ({e})") from None
         cats = sorted(ds.coco.getCatIds())
         ids = ids or {c: i for i, c in enumerate(cats)}
         if set(cats) != set(ids):
             raise ValueError(f"{root}: train2017 and val2017 list different categories")
-
-        def rows(target: list, ids: dict = ids) -> Tensor:
-            r = [
-                (
-                    ids[a["category_id"]],
-                    a["bbox"][0],
-                    a["bbox"][1],
-                    a["bbox"][0] + a["bbox"][2],
-                    a["bbox"][1] + a["bbox"][3],
-                )
-                for a in target
-                if not a.get("iscrowd", 0)
-            ]
-            return torch.tensor(r, dtype=torch.float32).view(-1, 5)
-
-        ds.ann2snn_rows = rows
+        ds.ann2snn_table = _coco_table(ds, ids, check, file)
         parts.append([(ds, j) for j in range(len(ds))])
+    check.report()
     return parts[0], parts[1], len(ids)
+
+
+def _coco_table(ds: Any, ids: dict[int, int], check: BoxCheck, file: Path) -> list[Tensor]:
+    """Every image's non-crowd boxes as checked rows, up front (the file is in memory)."""
+    table = []
+    for image_id in ds.ids:
+        info = ds.coco.imgs[image_id]
+        objects = []
+        for a in ds.coco.imgToAnns.get(image_id, []):
+            if a.get("iscrowd", 0):
+                continue
+            where = f"{file}: annotation {a.get('id')} (image {image_id})"
+            if a.get("category_id") not in ids:
+                raise ValueError(
+                    f"{where}: category_id {a.get('category_id')!r} is not among the file's "
+                    f"categories ({', '.join(map(str, sorted(ids)))})"
+                )
+            try:
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{where}: bbox {a.get('bbox')!r} is not 4 numbers") from None
+            objects.append((ids[a["category_id"]], [x, y, x + w, y + h]))
+        table.append(
+            check.rows(objects, info["width"], info["height"], f"{file}: image {image_id}")
+        )
+    return table
 
 
 def create_detection_loaders(
