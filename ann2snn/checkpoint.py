@@ -5,7 +5,8 @@ A run folder written by `ann2snn.train` looks like::
     runs/cifar10-vgg16-qcfs-L4/
       last.safetensors  last.json     # weights + record after the latest complete epoch
       best.safetensors  best.json     # the same for the epoch with the best validation score
-      resume.safetensors resume.json  # optimizer, scheduler, RNG states, model weights
+      resume-<hash>.safetensors resume.json  # optimizer, scheduler, RNG states, weights;
+                                    # resume.json names its weights: its rename is the commit
 
 Weights live in safetensors files (flat ``name -> tensor``); everything else lives in a
 JSON record next to them, which names its weights file and carries its sha256, so a
@@ -68,6 +69,9 @@ FORMAT = "ann2snn-checkpoint"
 FORMAT_VERSION = 2
 RESUME_FORMAT = "ann2snn-resume"
 RESUME_TAG = "resume"
+# The resume pair's weights carry a content hash in their name, so a new pair never
+# overwrites the files of the committed one: resume.json's rename is the commit point.
+RESUME_WEIGHTS = RESUME_TAG + "-{digest}.safetensors"
 
 # How many key names an error message lists before it says "... and N more".
 _MAX_LISTED = 20
@@ -81,15 +85,33 @@ class CheckpointError(ValueError):
 
 
 def clean_orphans(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted save left in ``run_dir`` (``.NAME.*.tmp``
-    of this module's staging); return them. Call it only while holding the folder's lock."""
+    """Delete what an interrupted save left in ``run_dir``: this module's staging files
+    (``.NAME.*.tmp``) and resume weights no ``resume.json`` names; return them. Call it
+    only while holding the folder's lock."""
     removed = []
     for tag in ("best", "last", RESUME_TAG):
-        for suffix in (".json", ".safetensors"):
-            for tmp in Path(run_dir).glob(f".{tag}{suffix}.*.tmp"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                    removed.append(tmp)
+        for tmp in Path(run_dir).glob(f".{tag}*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed + _remove_stale_resume_weights(Path(run_dir))
+
+
+def _remove_stale_resume_weights(run_dir: Path) -> list[Path]:
+    """Resume weights files other than the one ``resume.json`` names (the committed pair)."""
+    try:
+        current = json.loads((run_dir / f"{RESUME_TAG}.json").read_text()).get("weights_file")
+    except (OSError, ValueError, AttributeError):
+        return []  # no readable commit point: nothing can be known to be stale
+    removed = []
+    for path in [
+        *run_dir.glob(f"{RESUME_TAG}-*.safetensors"),
+        run_dir / f"{RESUME_TAG}.safetensors",
+    ]:
+        if path.name != current and path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
     return removed
 
 
@@ -144,16 +166,22 @@ def _check_fields(record: dict, path: Path, required: tuple[str, ...]) -> None:
             )
 
 
-def _write_pair(run_dir: Path, tag: str, weights: bytes, record: dict) -> Path:
-    """Write ``<tag>.safetensors`` then ``<tag>.json``; the record gets the weights' hash.
+def _write_pair(
+    run_dir: Path, tag: str, weights: bytes, record: dict, weights_name: str | None = None
+) -> Path:
+    """Write ``<tag>.safetensors`` (or ``weights_name``) then ``<tag>.json``; the record gets
+    the weights' hash.
 
     Both files are staged (written and fsynced) first, so the two renames that publish
-    them follow each other within microseconds.
+    them follow each other within microseconds. With a ``weights_name`` of its own (the
+    resume pair) the weights never replace the file the current record names, so the
+    record's rename alone is the commit: a kill at any instant leaves a complete pair.
     """
-    weights_path = run_dir / f"{tag}.safetensors"
+    digest = hashlib.sha256(weights).hexdigest()
+    weights_path = run_dir / (weights_name or f"{tag}.safetensors").format(digest=digest[:16])
     json_path = run_dir / f"{tag}.json"
     record = dict(record, weights_file=weights_path.name)
-    record["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    record["weights_sha256"] = digest
     record.pop("record_sha256", None)
     record["record_sha256"] = record_digest(record)
     # NaN is kept only in resume skeletons (exact round trip); `json_safe` removed it from records.
@@ -528,7 +556,8 @@ def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
 
 def save_resume_state(run_dir: str | os.PathLike, state: dict) -> Path:
     """Save a nested training state (optimizer/scheduler state dicts, RNG states, epoch,
-    ...) as ``resume.safetensors`` (its tensors) + ``resume.json`` (everything else)."""
+    ...) as ``resume-<hash>.safetensors`` (its tensors) + ``resume.json`` (everything else,
+    and the name of its weights file: its rename commits the pair)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, Tensor] = {}
@@ -539,7 +568,10 @@ def save_resume_state(run_dir: str | os.PathLike, state: dict) -> Path:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "state": skeleton,
     }
-    return _write_pair(run_dir, RESUME_TAG, _state_to_bytes(tensors, "resume state"), record)
+    weights = _state_to_bytes(tensors, "resume state")
+    path = _write_pair(run_dir, RESUME_TAG, weights, record, RESUME_WEIGHTS)
+    _remove_stale_resume_weights(run_dir)
+    return path
 
 
 def load_resume_state(run_dir: str | os.PathLike) -> dict:

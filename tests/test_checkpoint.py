@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 
 import _tiny
 import pytest
@@ -204,9 +205,11 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
     for tag in ("last", "best", "last"):
         ckpt.save_checkpoint(tmp_path, model, _record(), tag=tag)
     ckpt.save_resume_state(tmp_path, {"epoch": 1, "w": torch.ones(3)})
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(
+        re.sub(r"resume-[0-9a-f]{16}", "resume-<hash>", p.name) for p in tmp_path.iterdir()
+    )
     assert names == ["best.json", "best.safetensors", "last.json", "last.safetensors",
-                     "resume.json", "resume.safetensors"]  # fmt: skip
+                     "resume-<hash>.safetensors", "resume.json"]  # fmt: skip
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -279,9 +282,9 @@ def test_resume_state_roundtrip(tmp_path):
 
 def test_resume_state_damage_is_refused(tmp_path):
     ckpt.save_resume_state(tmp_path, {"w": torch.arange(100.0)})
-    p = tmp_path / "resume.safetensors"
+    (p,) = tmp_path.glob("resume-*.safetensors")
     p.write_bytes(p.read_bytes()[:-4])
-    with pytest.raises(CheckpointError, match=r"resume\.safetensors.*sha256"):
+    with pytest.raises(CheckpointError, match=r"resume-[0-9a-f]{16}\.safetensors.*sha256"):
         ckpt.load_resume_state(tmp_path)
     with pytest.raises(CheckpointError, match="no resume state"):
         ckpt.load_resume_state(tmp_path / "elsewhere")

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,9 +177,11 @@ def test_one_epoch_writes_loadable_checkpoint(tmp_path):
         _config(tmp_path, act="nq", act_kwargs={"sigma": 0.05}), {"on_epoch_end": on_epoch_end}
     )
     assert seen["epoch"] == 1 and record["epoch"] == 1
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(
+        re.sub(r"resume-[0-9a-f]{16}", "resume-<hash>", p.name) for p in tmp_path.iterdir()
+    )
     assert names == ["best.json", "best.safetensors", "last.json", "last.safetensors",
-                     "resume.json", "resume.safetensors"]  # fmt: skip
+                     "resume-<hash>.safetensors", "resume.json"]  # fmt: skip
     loaded = ckpt.load(tmp_path / "last.json")
     x = torch.randn(8, 3, _tiny.IMAGE, _tiny.IMAGE)
     assert torch.equal(loaded(x), seen["model"](x))
@@ -383,8 +386,8 @@ def test_a_run_killed_in_its_first_checkpoint_write_resumes(tmp_path):
     reference = train_tiny(_config(tmp_path / "reference", epochs=2))
     run = tmp_path / "run"
     train_tiny(_config(run, epochs=2, progress=False), resume=False)
-    for name in ("resume.json", "resume.safetensors"):
-        (run / name).unlink()
+    for path in [run / "resume.json", *run.glob("resume-*.safetensors")]:
+        path.unlink()
     record = json.loads((run / "last.json").read_text())  # the state after epoch 1's save
     record["epoch"] = 1
     record["record_sha256"] = ckpt.record_digest(record)
@@ -404,3 +407,38 @@ def test_a_folder_with_later_epochs_but_no_resume_state_is_not_overwritten(tmp_p
     (run / "resume.json").unlink()
     with pytest.raises(FileExistsError, match="cannot be resumed"):
         train_tiny(_config(run, epochs=2), resume=True)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL/SIGINT at one rename (a BaseException: nothing catches it)."""
+
+
+def test_a_kill_at_every_rename_leaves_a_run_that_resumes_bit_identically(tmp_path, monkeypatch):
+    import ann2snn._io as io
+
+    reference = train_tiny(_config(tmp_path / "reference", epochs=2))
+    ref_state = ckpt.load_state_dict(tmp_path / "reference" / "last.json")
+    real_replace = io.os.replace
+    renames = []
+    monkeypatch.setattr(io.os, "replace", lambda a, b: renames.append(b) or real_replace(a, b))
+    train_tiny(_config(tmp_path / "count", epochs=2))
+    total = len(renames)
+    assert total >= 10  # last and resume pairs of two epochs, best when it improved
+    for k in range(total):
+        run, calls = tmp_path / f"killed-{k}", []
+
+        def replace(a, b, k=k, calls=calls):
+            if len(calls) == k:
+                raise _Killed(f"killed before rename {k} ({Path(b).name})")
+            calls.append(b)
+            real_replace(a, b)
+
+        monkeypatch.setattr(io.os, "replace", replace)
+        with pytest.raises(_Killed):
+            train_tiny(_config(run, epochs=2))
+        monkeypatch.setattr(io.os, "replace", real_replace)
+        record = train_tiny(_config(run, epochs=2), resume=True)
+        assert _history(record) == _history(reference), k
+        state = ckpt.load_state_dict(run / "last.json")
+        assert all(torch.equal(state[n], ref_state[n]) for n in ref_state), k
+        assert len(list(run.glob("resume-*.safetensors"))) == 1 and not list(run.glob(".*tmp"))

@@ -1,7 +1,7 @@
 """What resuming a run needs beyond the checkpoint files: the RNG states as tensors (no
 pickle), and the checks that a folder holds a run this recipe may continue.
 
-The resume pair itself (``resume.safetensors`` + ``resume.json``) is the run folder's file
+The resume pair itself (``resume-<hash>.safetensors`` + ``resume.json``) is the run folder's file
 format and lives in `ann2snn.checkpoint`.
 """
 
