@@ -445,3 +445,53 @@ def test_export_writes_nir_onnx_and_torch(run_dir, tmp_path, capsys):
     assert rc == 2 and "carried by NIR only" in capsys.readouterr().err
     rc = main(["export", str(tmp_path / "nothing"), "--format", "nir", "--out", str(tmp_path / "c.nir")])  # fmt: skip
     assert rc == 2 and "ann2snn export: error:" in capsys.readouterr().err
+
+
+def test_exports_never_replace_a_run_and_refuse_what_their_format_ignores(run_dir, tmp_path, capsys):  # fmt: skip
+    pytest.importorskip("nir")
+    weights = (run_dir / "best.safetensors").read_bytes()
+    cases = [
+        (["--format", "nir", "--out", str(run_dir / "best.safetensors")], "checkpoint file of the run"),
+        (["--format", "nir", "--out", str(tmp_path / "missing" / "a.nir")], "does not exist; create it"),
+        (["--format", "nir", "--T", "8", "--out", str(tmp_path / "a.nir")], "--T shapes an unrolled"),
+        (["--format", "nir", "--time-input", "--out", str(tmp_path / "a.nir")], "--time-input shapes"),
+        (["--format", "onnx", "--T", "100000", "--out", str(tmp_path / "a.onnx")], "at most 1024"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(["export", str(run_dir), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert (run_dir / "best.safetensors").read_bytes() == weights
+    out = tmp_path / "net.nir"
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(out)]) == 0
+    before = out.read_bytes()
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(out)]) == 2
+    assert "pass force=True (CLI: --force)" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(out), "--force"]) == 0
+    assert out.read_bytes()[:8] == before[:8] and not list(tmp_path.glob(".*tmp"))
+
+
+def test_an_interrupted_export_leaves_the_previous_file_whole(run_dir, tmp_path, monkeypatch):
+    pytest.importorskip("nir")
+    import nir
+
+    out = tmp_path / "net.nir"
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(out)]) == 0
+    before = out.read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nir, "write", killed)
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(out), "--force"]) == 130
+    assert out.read_bytes() == before and not list(tmp_path.glob(".*tmp"))
+
+
+def test_eval_into_a_read_only_folder_is_refused_before_simulating(run_dir, data_dir, tmp_path, capsys):  # fmt: skip
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(ro), "--T", "1"])
+    assert rc == 2 and "not writable" in capsys.readouterr().err

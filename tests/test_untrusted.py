@@ -101,3 +101,30 @@ def test_a_record_whose_hash_was_deleted_is_refused(run_folder):
         ckpt.load_record(run_folder)
     with pytest.warns(UserWarning, match="unverified"):
         assert torch.is_tensor(next(iter(ckpt.load_state_dict(run_folder).values())))
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[]"])
+def test_a_lock_that_names_no_holder_says_so(tmp_path, content):
+    from ann2snn.training.lock import RunFolderBusyError, RunLock
+
+    (tmp_path / ".lock").write_text(content)
+    with pytest.raises(RunFolderBusyError, match=r"does not say who holds it .* delete it"):
+        RunLock(tmp_path).acquire()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (torch.empty(0, 1, 4, 4), "batch 0 is empty"),
+        (torch.full((2, 1, 4, 4), float("nan")), "batch 0 holds 32 NaN/inf"),
+    ],
+)
+def test_calibration_data_is_checked_at_the_door(data, message):
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()
+    snn = ann2snn.convert(model, calibration=torch.rand(4, 1, 4, 4))
+    with pytest.raises(ValueError, match=message):
+        ann2snn.calibrate(snn, data, T=2)
+    with pytest.raises((ValueError, ann2snn.ConversionError), match=message):
+        ann2snn.prepare(model, calibration=data)

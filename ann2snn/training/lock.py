@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,10 @@ class RunLock:
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
     def acquire(self) -> None:
         self._created_folder = not self.path.parent.exists()
@@ -64,7 +66,8 @@ class RunLock:
             except FileExistsError:
                 holder = self._holder()
                 if holder is None:  # written but not yet filled, or damaged: look again
-                    holder = {"pid": None, "host": None}
+                    time.sleep(0.05)
+                    continue
                 same_host = holder.get("host") == me["host"]
                 pid = holder.get("pid")
                 if same_host and isinstance(pid, int) and not _alive(pid):
@@ -81,7 +84,10 @@ class RunLock:
                 f.flush()
                 os.fsync(f.fileno())
             return
-        raise RunFolderBusyError(f"{self.path}: could not take the lock (it keeps changing)")
+        raise RunFolderBusyError(
+            f"{self.path} exists but does not say who holds it (it is empty or damaged); if no "
+            "other run is writing to this folder, delete it and run again"
+        )
 
     def release(self) -> None:
         holder = self._holder()

@@ -134,8 +134,10 @@ def train_one_epoch(
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(
-            f"training loss is {mean_loss}; lower lr (or use warmup_epochs) and resume from "
-            "the last checkpoint"
+            f"training loss is {mean_loss}; every complete epoch before this one is saved. A "
+            "resumed run keeps its recipe, so to train with a lower lr (or warmup_epochs) "
+            "start a new run in another out_dir, e.g. from the saved weights with "
+            "init=<out_dir>/last.safetensors (CLI: --init)"
         )
     acc = 100.0 * correct.item() / max(seen, 1) if seen and loss_fn is None else math.nan
     return Scores(acc, mean_loss if seen else math.nan)
