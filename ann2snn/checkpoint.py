@@ -284,9 +284,20 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path
 
 
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file (a FIFO would block the reader, /dev/zero never
+    end); a symlink to a regular file is one."""
+    if path.exists() and not path.is_file():
+        raise CheckpointError(
+            f"{path}: not a regular file (a folder, device, FIFO or socket); a checkpoint "
+            "is made of regular .json and .safetensors files"
+        )
+    return path
+
+
 def _read_json(path: Path, expected_format: str) -> dict:
     try:
-        text = path.read_text()
+        text = _regular(path).read_text()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the file ({e}); check the path") from e
     try:
@@ -349,7 +360,7 @@ def _read_tensors(json_path: Path, record: dict) -> dict[str, Tensor]:
     """Read, hash-check and decode the weights file a record points at (CPU tensors)."""
     weights_path = json_path.parent / record["weights_file"]
     try:
-        data = weights_path.read_bytes()
+        data = _regular(weights_path).read_bytes()
     except FileNotFoundError:
         raise CheckpointError(
             f"{weights_path}: weights file missing (named by {json_path.name}); copy the "

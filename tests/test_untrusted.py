@@ -128,3 +128,17 @@ def test_calibration_data_is_checked_at_the_door(data, message):
         ann2snn.calibrate(snn, data, T=2)
     with pytest.raises((ValueError, ann2snn.ConversionError), match=message):
         ann2snn.prepare(model, calibration=data)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_weights_that_are_not_a_regular_file_are_refused_without_reading(run_folder, kind):
+    import os
+
+    weights = run_folder / "best.safetensors"
+    weights.unlink()
+    if kind == "dev-zero":
+        weights.symlink_to("/dev/zero")  # read_bytes would never end
+    else:
+        os.mkfifo(weights)  # read_bytes would block forever
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        ann2snn.load(run_folder)
