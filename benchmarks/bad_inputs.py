@@ -169,7 +169,7 @@ CASES: list[tuple[str, str, str | list[str]]] = [
             def forward(self, u, v): return self.q(self.a(u) + self.b(v))
         print('check ok:', ann2snn.check(Two()).ok); s = ann2snn.convert(Two()); ann2snn.run(s, (torch.ones(2, 4), torch.ones(2, 4)), 2)
     """),
-    ("export --format nir --T 8 (T means nothing to NIR)", "cli", ["export", "RUN", "--format", "nir", "--T", "8", "--out", "TMP/t.nir"]),
+    ("export --format nir --T 8 (T means nothing to NIR)", "cli", ["export", "RUN5", "--format", "nir", "--T", "8", "--out", "TMP/t.nir"]),
     ("export --out RUN/best.safetensors (the run's own weights)", "cli", ["export", "RUN5", "--format", "nir", "--out", "RUN5/best.safetensors"]),
 ]  # fmt: skip
 MUST_FAIL = {c for c, *_ in CASES} - {"run() on an SNN in train mode (BatchNorm statistics)",
