@@ -194,7 +194,7 @@ def _run(tree: Path, kind: str, body, env: dict[str, str], tmp: Path) -> dict:
                                "ANN2SNN_DATA": env["DATA"]})  # fmt: skip
     err = proc.stderr.strip().replace(str(tmp), "<tmp>")
     if proc.returncode == 0:
-        out = proc.stdout.strip().splitlines()
+        out = proc.stdout.strip().replace(str(tmp), "<tmp>").splitlines()
         return {"outcome": "no error", "detail": out[-1] if out else ""}
     lines = err.splitlines() or [""]
     if kind == "py":
