@@ -62,6 +62,8 @@ __all__ = [
     "record_digest",
     "clean_orphans",
     "RunRecord",
+    "check_same_run",
+    "run_ids",
 ]
 
 FORMAT = "ann2snn-checkpoint"
@@ -388,7 +390,39 @@ def _read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict, dict[str, Ten
     """(record path, record, verified CPU weights) of a checkpoint."""
     json_path = _resolve(path)
     record = load_record(json_path)
+    check_same_run(json_path, record)
     return json_path, record, _read_tensors(json_path, record)
+
+
+def run_ids(run_dir: Path) -> dict[str, str]:
+    """{record file name: its run_id} of the records in ``run_dir`` that carry one (records
+    that cannot be read are left to whoever reads them)."""
+    ids = {}
+    for tag in ("best", "last", RESUME_TAG):
+        path = run_dir / f"{tag}.json"
+        try:
+            rid = json.loads(_regular(path).read_text()).get("run_id") if path.is_file() else None
+        except (OSError, ValueError, AttributeError, CheckpointError):
+            rid = None
+        if isinstance(rid, str):
+            ids[path.name] = rid
+    return ids
+
+
+def check_same_run(json_path: Path, record: dict) -> None:
+    """Refuse a record whose run id differs from its folder's other records: a pair copied
+    in from another run would otherwise load (and be resumed) as this run's."""
+    mine = record.get("run_id")
+    if not isinstance(mine, str):
+        return  # written before run ids
+    others = {k: v for k, v in run_ids(json_path.parent).items() if k != json_path.name}
+    if any(v != mine for v in others.values()):
+        listed = ", ".join(f"{k}: {v}" for k, v in sorted(others.items()))
+        raise CheckpointError(
+            f"{json_path}: belongs to run {mine}, but the folder's other records belong to "
+            f"another run ({listed}); a checkpoint was copied in from elsewhere — keep each "
+            "run's files in their own folder"
+        )
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -579,6 +613,9 @@ def save_resume_state(run_dir: str | os.PathLike, state: dict) -> Path:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "state": skeleton,
     }
+    run_id = (state.get("record") or {}).get("run_id") if isinstance(state, dict) else None
+    if isinstance(run_id, str):  # beside the state, where a check of the folder reads it
+        record["run_id"] = run_id
     weights = _state_to_bytes(tensors, "resume state")
     path = _write_pair(run_dir, RESUME_TAG, weights, record, RESUME_WEIGHTS)
     _remove_stale_resume_weights(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import json
 import sys
 from pathlib import Path
@@ -527,6 +528,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+# A full disk, a quota, a read-only folder: what is safe and what to do, per command.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_DISK_ADVICE = {
+    "train": "every complete epoch before this one is saved in the run folder (its resume "
+    "pair is the last commit); free space or make the folder writable, then run the same "
+    "command with --resume",
+    "eval": "the run folder is untouched; free space, or write the report elsewhere with --out",
+    "export": "no file was replaced (exports are written whole or not at all); free space or "
+    "choose another --out",
+}
+
+
+def _disk_message(command: str, err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    advice = _DISK_ADVICE.get(command, "nothing was written")
+    return f"{err.strerror or err}{where}: {advice}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ann2snn`` console script.
 
@@ -548,10 +567,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(err) or type(err).__name__
-        if isinstance(err, FileExistsError):  # train: the run folder already holds a run
+        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+            msg = _disk_message(args.command, err)
+        elif isinstance(err, FileExistsError):  # train: the run folder already holds a run
             msg = msg.replace("pass resume=True", "pass --resume")
             msg = msg.replace("choose another out_dir", "choose another --out")
-        user_error = isinstance(err, ValueError | FileExistsError | FileNotFoundError | TypeError)
+        user_error = isinstance(
+            err, ValueError | FileExistsError | FileNotFoundError | TypeError | PermissionError
+        ) or (isinstance(err, OSError) and err.errno in _DISK_ERRORS)
         if not user_error:
             msg = f"{type(err).__name__}: {msg} (run with --debug for the traceback)"
         print(f"ann2snn {args.command}: error: {msg}", file=sys.stderr)

@@ -495,3 +495,29 @@ def test_eval_into_a_read_only_folder_is_refused_before_simulating(run_dir, data
     ro.chmod(0o500)
     rc = main(["eval", str(run_dir), "--data-dir", str(data_dir), "--out", str(ro), "--T", "1"])
     assert rc == 2 and "not writable" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_training_says_what_is_safe_and_resume_finishes(data_dir, tmp_path, capsys, monkeypatch):  # fmt: skip
+    import errno as _errno
+
+    import ann2snn.checkpoint as ck
+
+    real_stage, saves = ck.stage, []
+
+    def stage(path, data):
+        saves.append(path)
+        if len(saves) > 6:  # epoch 1's best, last and resume pairs are written, then: full
+            raise OSError(_errno.ENOSPC, "No space left on device", str(path))
+        return real_stage(path, data)
+
+    monkeypatch.setattr(ck, "stage", stage)
+    out = tmp_path / "run"
+    args = _train_args(data_dir, out)
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ann2snn train: error: No space left on device")
+    assert "every complete epoch before this one is saved" in err and err.count("\n") == 1
+    monkeypatch.setattr(ck, "stage", real_stage)
+    assert main([*args, "--resume"]) == 0
+    assert "done: 2 epochs" in capsys.readouterr().out

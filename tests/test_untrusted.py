@@ -142,3 +142,29 @@ def test_weights_that_are_not_a_regular_file_are_refused_without_reading(run_fol
         os.mkfifo(weights)  # read_bytes would block forever
     with pytest.raises(CheckpointError, match="not a regular file"):
         ann2snn.load(run_folder)
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_refused(tmp_path):
+    import shutil
+
+    from _tiny import train_tiny
+
+    from ann2snn.training import TrainConfig
+
+    def run(name, seed):
+        cfg = TrainConfig(model="tiny", dataset="synthetic", epochs=1, batch_size=16, lr=0.05,
+                          device="cpu", out_dir=str(tmp_path / name), progress=False, seed=seed)  # fmt: skip
+        train_tiny(cfg)
+        return cfg
+
+    a, _ = run("a", 1), run("b", 2)
+    for name in ("best.json", "best.safetensors"):  # b's best pair, copied over a's
+        shutil.copy(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.raises(
+        CheckpointError, match=r"belongs to run \w+, but the folder's other records"
+    ):
+        ann2snn.load(tmp_path / "a")
+    a.epochs = 2
+    with pytest.raises(CheckpointError, match="copied in from elsewhere"):
+        train_tiny(a, resume=True)
+    assert ann2snn.load(tmp_path / "b").ann2snn_record["run_id"]  # each run alone loads

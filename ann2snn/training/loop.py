@@ -26,6 +26,7 @@ import contextlib
 import math
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ def _new_record(
         "metrics": {"history": [], "best_epoch": None, "best_select": None},
         "extra": {},
         "seed": config.seed,
+        # Shared by every record of the run: files copied in from another run are refused.
+        "run_id": uuid.uuid4().hex[:16],
     }
     if task.detection:
         record["task"] = "detection"

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from .._io import json_safe
-from ..checkpoint import RESUME_TAG, CheckpointError, load_record, load_resume_state
+from ..checkpoint import (
+    RESUME_TAG,
+    CheckpointError,
+    check_same_run,
+    load_record,
+    load_resume_state,
+)
 from .config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
@@ -148,4 +154,5 @@ def open_run(config: TrainConfig, resume: bool, run_dir: Path) -> dict[str, Any]
         return None
     saved = load_resume_state(run_dir)
     check_resumable(config, saved["record"]["recipe"], run_dir, int(saved["epoch"]))
+    check_same_run(run_dir / f"{RESUME_TAG}.json", saved["record"])
     return saved
