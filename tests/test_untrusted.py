@@ -168,3 +168,20 @@ def test_a_checkpoint_copied_in_from_another_run_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="copied in from elsewhere"):
         train_tiny(a, resume=True)
     assert ann2snn.load(tmp_path / "b").ann2snn_record["run_id"]  # each run alone loads
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0, 7]), r"batch 0: a label is outside 0..2 \(the network has 3 outputs\)"),
+        (torch.tensor([0.0, 1.0]), r"labels must be class indices \[B\]"),
+        (torch.tensor([0, 1, 2]), r"labels must be class indices .* for 2 images"),
+    ],
+)
+def test_simulate_checks_labels_against_the_network(labels, message):
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), ann2snn.QCFS(4, 1.0)).eval()
+    snn = ann2snn.convert(model)
+    with pytest.raises(ValueError, match=message):
+        ann2snn.simulate(snn, (torch.rand(2, 1, 4, 4), labels), T=2, progress=False)

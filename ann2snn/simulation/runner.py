@@ -71,6 +71,24 @@ def _batches(data: Any) -> Iterator[tuple[Tensor, Tensor]]:
         yield x, y
 
 
+def _check_labels_shape(y: Tensor, x: Tensor, b: int) -> None:
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+        raise ValueError(
+            f"simulate: batch {b}: labels must be class indices [B] (integers, one per image), "
+            f"got {y.dtype} {tuple(y.shape)} for {x.shape[0]} images"
+        )
+
+
+def _refuse_bad_labels(bad_labels: list[tuple[int, Tensor]], classes: int) -> None:
+    flags = [f for _, f in bad_labels]
+    if flags and bool(torch.stack(flags).any()):
+        b = bad_labels[int(torch.stack(flags).nonzero()[0])][0]
+        raise ValueError(
+            f"simulate: batch {b}: a label is outside 0..{classes - 1} (the network has "
+            f"{classes} outputs); is this the dataset the network was trained on?"
+        )
+
+
 def _refuse_non_finite(bad_inputs: list[Tensor], bad_outputs: list[tuple[int, Tensor]]) -> None:
     """Raise for the first batch whose input, or else output, held NaN/inf (one sync)."""
     if bad_inputs and bool(torch.stack(bad_inputs).any()):
@@ -172,12 +190,14 @@ def simulate(
     monitor = None
     bad_inputs: list[Tensor] = []  # per batch: the input holds NaN/inf
     bad_outputs: list[tuple[int, Tensor]] = []  # per chunk: the output does
+    bad_labels: list[tuple[int, Tensor]] = []  # per batch: a label outside the outputs
     with contextlib.ExitStack() as stack:  # the monitor's hooks go, whatever happens
         stack.enter_context(eval_mode(snn))  # and the caller's modes come back
         for b, (x, y) in enumerate(_batches(data)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            _check_labels_shape(y, x, b)
             # Checked once at the end (no device sync per batch): a NaN/inf input or output
-            # must never become a prediction.
+            # must never become a prediction, a label outside the outputs never be scored.
             bad_inputs.append(~torch.isfinite(x).all())
             if activity and monitor is None:
                 monitor = stack.enter_context(ActivityMonitor(snn, x))
@@ -188,6 +208,9 @@ def simulate(
                     # [n, B, C] → running sums after each of the n steps.
                     cum = out.to(state_dtype(out.dtype)).cumsum(0)
                     bad_outputs.append((b, ~torch.isfinite(cum).all()))
+                    if i == 0:
+                        classes = out.shape[-1]
+                        bad_labels.append((b, ((y < 0) | (y >= classes)).any()))
                     if acc_out is not None:
                         cum = cum + acc_out
                     correct[i : i + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
@@ -206,6 +229,7 @@ def simulate(
     if images == 0:
         raise ValueError("simulate: data yielded no batches; pass a non-empty loader or (x, y)")
     _refuse_non_finite(bad_inputs, bad_outputs)
+    _refuse_bad_labels(bad_labels, classes)
     accuracy = (correct.double() / max(images, 1)).tolist()
     return SimulationResult(
         accuracy=accuracy,
