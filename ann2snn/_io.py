@@ -96,9 +96,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+#: A staging file this old was left by a killed writer (a live one renames it in seconds).
+STALE_SECONDS = 600
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file, flush + fsync, `os.replace`)."""
+    """Replace ``path`` with ``data`` atomically (temp file, flush + fsync, `os.replace`);
+    staging files of ``path`` that a killed writer left behind are removed first."""
     path = Path(path)
+    now = time.time()
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > STALE_SECONDS:
+                stale.unlink()
     commit([(stage(path, data), path)])
 
 

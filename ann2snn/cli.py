@@ -225,7 +225,9 @@ def _add_eval(sub: Any) -> None:
     e.add_argument("--download", action="store_true", help="download CIFAR if missing")
     e.add_argument("--limit-test", type=POS)
     e.add_argument(
-        "--out", help="folder for report.json and accuracy_vs_T.png (default: the run folder)"
+        "--out",
+        help="folder for report.json and the plots (default: RUN/eval/<neuron>-<options>-T<steps>, "
+        "one folder per kind of evaluation)",
     )
     fmt = e.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -375,8 +377,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     steps = list(range(1, args.T_max + 1)) if args.T_max else args.T
     # Where the report goes is checked before anything is simulated.
-    folder = Path(args.out) if args.out else _run_folder(args.checkpoint)
-    out_dir = writable_folder(folder, "report folder (--out)", create=bool(args.out))
+    # One folder per kind of evaluation: a second eval with other settings never replaces
+    # the first's report.
+    folder = Path(args.out) if args.out else _eval_folder(args, steps)
+    create = bool(args.out) or _run_folder(args.checkpoint).is_dir()
+    out_dir = writable_folder(folder, "report folder (--out)", create=create)
     report = evaluate_run(
         args.checkpoint,
         args.neuron,
@@ -413,13 +418,36 @@ def _eval(args: argparse.Namespace) -> int:
     elif detection:
         print("mAP@0.5 (%)\n" + format_table([row], steps, metric="map50"))
         print("\nCOCO mAP@[.5:.95] (%)\n" + format_table([row], steps, metric="map"))
-        print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
+        _print_paths(paths)
     else:
         print(format_table([row], steps))
         if args.activity:
             print("\n" + format_cost_table([row], steps))
-        print(f"\nreport: {paths['json']}\nplot:   {paths['plot']}")
+        _print_paths(paths)
     return 0
+
+
+def _eval_folder(args: argparse.Namespace, steps: list[int] | None) -> Path:
+    from .runs import DEFAULT_STEPS
+
+    """``RUN/eval/<neuron>[-tau…][-sleep…][-margin…][-<calibration>][-<dtype>]-T…``."""
+    parts = [args.neuron]
+    for flag, value in (("tau", args.tau), ("sleep", args.sleep), ("margin", args.margin)):
+        if value:
+            parts.append(f"{flag}{value}")
+    if args.calibrate:
+        parts.append(args.calibrate + (f"{args.calib_T}" if args.calib_T else ""))
+    if args.dtype != "fp32":
+        parts.append(args.dtype)
+    parts.append("T" + "_".join(map(str, steps or DEFAULT_STEPS)))
+    return _run_folder(args.checkpoint) / "eval" / "-".join(parts)
+
+
+def _print_paths(paths: dict[str, Path]) -> None:
+    """Every file a report wrote, one line each."""
+    print()
+    for key, path in paths.items():
+        print(f"{'report' if key == 'json' else key.replace('_', ' ')}: {path}")
 
 
 def _print_csv(row: dict[str, Any], steps: list[int], activity: bool) -> None:

@@ -171,11 +171,13 @@ def test_eval_prints_a_table_and_writes_report_and_plot(run_dir, data_dir, work)
     lines = proc.stdout.splitlines()
     assert lines[0] == "| method | ANN | T=1 | T=2 | T=4 |"
     assert lines[2].startswith("| qcfs+if |")
-    assert (run_dir / "report.json").is_file()
-    assert (run_dir / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"report: {run_dir / 'report.json'}" in proc.stdout
+    folder = run_dir / "eval" / "if-T1_2_4"  # one folder per kind of evaluation
+    assert (folder / "report.json").is_file()
+    assert (folder / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"report: {folder / 'report.json'}" in proc.stdout
+    assert f"plot: {folder / 'accuracy_vs_T.png'}" in proc.stdout
 
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads((folder / "report.json").read_text())
     (row,) = report["rows"]
     assert report["steps"] == [1, 2, 4]
     assert set(row["accuracy_by_wake"]) >= {"1", "2", "4"}

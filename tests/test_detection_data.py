@@ -244,10 +244,11 @@ def test_cli_trains_and_evaluates_a_detector(tmp_path):
              *common, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "mAP@0.5" in r.stdout and "qcfs+gn (tau=4)" in r.stdout
-    report = json.loads((run / "report.json").read_text())
+    folder = run / "eval" / "gn-T1_2"
+    report = json.loads((folder / "report.json").read_text())
     row = report["rows"][0]
     assert report["metric"] == "map50" and set(row["map50_by_wake"]) == {"1", "2"}
-    assert (run / "map50_vs_T.png").stat().st_size > 0
+    assert (folder / "map50_vs_T.png").stat().st_size > 0
     # GN τ = L at T = 1 matches the ANN's mAP up to fp32 threshold flips.
     assert abs(row["map50_by_wake"]["1"] - row["ann_map50"]) < 0.02
     r = _cli("eval", str(run), "--activity", *common, cwd=tmp_path)

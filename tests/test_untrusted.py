@@ -185,3 +185,19 @@ def test_simulate_checks_labels_against_the_network(labels, message):
     snn = ann2snn.convert(model)
     with pytest.raises(ValueError, match=message):
         ann2snn.simulate(snn, (torch.rand(2, 1, 4, 4), labels), T=2, progress=False)
+
+
+def test_a_report_replaces_what_a_killed_writer_left_and_is_readable_by_others(tmp_path):
+    import os
+    import time
+
+    from ann2snn._io import write_json
+
+    stale = tmp_path / ".report.json.abc.tmp"
+    fresh = tmp_path / ".report.json.def.tmp"  # maybe a writer at work right now: kept
+    stale.write_text("half")
+    fresh.write_text("half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    path = write_json({"a": 1}, tmp_path / "report.json")
+    assert not stale.exists() and fresh.exists()
+    assert path.stat().st_mode & 0o777 == 0o644 and json.loads(path.read_text()) == {"a": 1}
