@@ -5,36 +5,34 @@ Workflow: train a source ANN with a quantized activation (`QCFS`, `NoisyQCFS`,
 steps → report. The ANN side and the SNN side are independent choices.
 """
 
-from ._io import VERSION
-from .calibration import calibrate, calibrate_noise
-from .checkpoint import CheckpointError, load, save_checkpoint
-from .conversion import ConversionError, SupportReport, check, convert, prepare
-from .data import DatasetNotFoundError, create_loaders, list_datasets
-from .deploy import NIRExportError, binarize, export_nir, export_onnx, export_program, import_nir
-from .models import create_model, list_models, register_model
-from .nn import (
-    QCFS,
-    ClipQuant,
-    ConsistentIF,
-    GroupNeuron,
-    IFNeuron,
-    LIPool,
-    NoisyQCFS,
-    SpikeSpec,
-    SpikingNetwork,
-    SpikingNeuron,
-    create_activation,
-    create_neuron,
-    list_activations,
-    list_neurons,
-    register_activation,
-    register_neuron,
-    reset,
-)
-from .simulation import ActivityReport, Schedule, SimulationResult, activity, compare, run, simulate
-from .training import PRESETS, TrainConfig, train
+# The face is lazy (PEP 562): `import ann2snn` costs milliseconds and imports neither torch
+# nor a wing; each name is imported from its wing on first use. So the CLI can catch a
+# Ctrl-C during its imports, and scripts that need one wing pay for that wing only.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._version import VERSION
 
 __version__ = VERSION
+
+# name → the wing it is imported from.
+_EXPORTS = {
+    "calibration": ("calibrate", "calibrate_noise"),
+    "checkpoint": ("CheckpointError", "load", "save_checkpoint"),
+    "conversion": ("ConversionError", "SupportReport", "check", "convert", "prepare"),
+    "data": ("DatasetNotFoundError", "create_loaders", "list_datasets"),
+    "deploy": ("NIRExportError", "binarize", "export_nir", "export_onnx", "export_program",
+        "import_nir"),
+    "models": ("create_model", "list_models", "register_model"),
+    "nn": ("QCFS", "ClipQuant", "ConsistentIF", "GroupNeuron", "IFNeuron", "LIPool", "NoisyQCFS",
+        "SpikeSpec", "SpikingNetwork", "SpikingNeuron", "create_activation", "create_neuron",
+        "list_activations", "list_neurons", "register_activation", "register_neuron", "reset"),
+    "simulation": ("ActivityReport", "Schedule", "SimulationResult", "activity", "compare",
+        "run", "simulate"),
+    "training": ("PRESETS", "TrainConfig", "train"),
+}  # fmt: skip
 
 # The verbs and core types. Everything else is public one import deeper, in its wing
 # (`ann2snn.conversion.fold_bn`, `ann2snn.simulation.ActivityMonitor`, ...).
@@ -109,10 +107,65 @@ _MOVED = {
     "load_record": "checkpoint",
 }  # fmt: skip
 
+_HOME = {name: wing for wing, names in _EXPORTS.items() for name in names} | _MOVED
+_WINGS = ("nn", "data", "conversion", "simulation", "models", "calibration", "deploy",
+          "detection", "training", "checkpoint", "methods", "evaluation", "runs", "report")  # fmt: skip
+
 
 def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_MOVED[name]}"), name)
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        globals()[name] = value  # the next lookup is an ordinary attribute
+        return value
+    if name in _WINGS:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME) | set(_WINGS))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from .calibration import calibrate, calibrate_noise
+    from .checkpoint import CheckpointError, load, save_checkpoint
+    from .conversion import ConversionError, SupportReport, check, convert, prepare
+    from .data import DatasetNotFoundError, create_loaders, list_datasets
+    from .deploy import (
+        NIRExportError,
+        binarize,
+        export_nir,
+        export_onnx,
+        export_program,
+        import_nir,
+    )
+    from .models import create_model, list_models, register_model
+    from .nn import (
+        QCFS,
+        ClipQuant,
+        ConsistentIF,
+        GroupNeuron,
+        IFNeuron,
+        LIPool,
+        NoisyQCFS,
+        SpikeSpec,
+        SpikingNetwork,
+        SpikingNeuron,
+        create_activation,
+        create_neuron,
+        list_activations,
+        list_neurons,
+        register_activation,
+        register_neuron,
+        reset,
+    )
+    from .simulation import (
+        ActivityReport,
+        Schedule,
+        SimulationResult,
+        activity,
+        compare,
+        run,
+        simulate,
+    )
+    from .training import PRESETS, TrainConfig, train

@@ -13,12 +13,13 @@ import platform
 import shutil
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._version import VERSION
 
 #: Files of a run folder that no export or report may ever replace.
 CHECKPOINT_FILES = {
@@ -41,11 +42,6 @@ __all__ = [
     "environment",
     "source_revision",
 ]
-
-try:
-    VERSION = version("ann2snn")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    VERSION = "unknown"
 
 
 def stage(path: Path, data: bytes) -> Path:

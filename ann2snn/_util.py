@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "check_batch",
     "positive_int",
     "finite_number",
     "percentile_value",
@@ -107,3 +108,23 @@ def finite_input(x: torch.Tensor, where: str) -> None:
             f"{where}: the input holds {bad} NaN/inf value(s) of {x.numel()}; clean or drop "
             "those images first (a spiking network would turn them into a finite prediction)"
         )
+
+
+def check_batch(x: Any, i: int, where: str = "calibration data", finite: bool = True) -> Any:
+    """One batch of inputs at a public door (calibration, simulation): a non-empty tensor,
+    of finite values when ``finite`` (a NaN would make every percentile, gap and prediction
+    meaningless, silently; `simulate` checks finiteness later, without a sync per batch)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{where}: batch {i} is a {type(x).__name__}, not a tensor (a converted network "
+            "takes one input tensor)"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"{where}: batch {i} is empty (shape {tuple(x.shape)})")
+    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{where}: batch {i} holds {bad} NaN/inf value(s) of {x.numel()}; clean "
+            "or drop those images first"
+        )
+    return x

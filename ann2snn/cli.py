@@ -574,6 +574,15 @@ def _disk_message(command: str, err: OSError) -> str:
     return f"{err.strerror or err}{where}: {advice}"
 
 
+def _close_process_group() -> None:
+    """Under torchrun: leave the process group before the interpreter exits (a gloo group
+    left open can abort its process at exit: "terminate called without an active
+    exception", exit code −6, after the work was done)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ann2snn`` console script.
 
@@ -607,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
             msg = f"{type(err).__name__}: {msg} (run with --debug for the traceback)"
         print(f"ann2snn {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        _close_process_group()
 
 
 if __name__ == "__main__":

@@ -319,7 +319,7 @@ def test_a_tuple_input_is_refused_by_name_not_by_a_raw_attribute_error():
     pair = (torch.ones(2, 4), torch.ones(2, 4))
     with pytest.raises(TypeError, match="run: the input must be one tensor .* got tuple"):
         ann2snn.run(snn, pair, T=2)
-    with pytest.raises(TypeError, match="simulate: the input must be one tensor"):
+    with pytest.raises(TypeError, match="simulate: batch 0 is a tuple, not a tensor"):
         ann2snn.simulate(snn, [(pair, torch.zeros(2, dtype=torch.long))], T=2, progress=False)
 
 

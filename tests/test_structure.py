@@ -19,6 +19,7 @@ PKG = Path(ann2snn.__file__).parent
 # floors (and itself). The order is the design; a new import that breaks it is a new
 # upward arrow, and this table is where to decide whether the unit belongs higher.
 FLOORS = {
+    "_version": -1,
     "_util": 0, "_io": 0, "_progress": 0,
     "nn": 1, "data": 1,
     "conversion": 2, "simulation": 2,
@@ -151,3 +152,27 @@ def test_python_dash_m_ann2snn_runs_the_cli():
         [sys.executable, "-m", "ann2snn", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.strip() == f"ann2snn {ann2snn.__version__}"
+
+
+def test_import_ann2snn_is_light_and_names_load_on_first_use():
+    code = "import sys, ann2snn; print('torch' in sys.modules); ann2snn.convert; print('torch' in sys.modules)"  # noqa: E501
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr
+    assert set(ann2snn.__all__) <= set(dir(ann2snn))
+
+
+def test_ctrl_c_while_the_cli_is_starting_is_one_line(monkeypatch, capsys):
+    import importlib.abc
+
+    import ann2snn.__main__ as entry
+
+    class Interrupt(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ann2snn.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "ann2snn.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupt(), *sys.meta_path])
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "ann2snn: interrupted while starting\n"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import percentile_value
+from .._util import check_batch, percentile_value
 from ..nn.activations import is_quantized_activation
 
 __all__ = ["iter_inputs", "percentile", "record_percentiles", "init_thresholds"]
@@ -31,10 +31,10 @@ def iter_inputs(data: Any, limit: int) -> Iterator[Tensor]:
     """Inputs from a DataLoader of (x, y)/x, a tensor, or an (x, y) pair; at most ``limit``
     batches."""
     if isinstance(data, Tensor):
-        yield _checked(data, 0)
+        yield check_batch(data, 0)
         return
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], Tensor):
-        yield _checked(data[0], 0)
+        yield check_batch(data[0], 0)
         return
     if not isinstance(data, Iterable):
         raise TypeError(
@@ -44,23 +44,7 @@ def iter_inputs(data: Any, limit: int) -> Iterator[Tensor]:
     for i, batch in enumerate(data):
         if i >= limit:
             break
-        yield _checked(batch[0] if isinstance(batch, tuple | list) else batch, i)
-
-
-def _checked(x: Any, i: int) -> Tensor:
-    """One calibration batch: a non-empty tensor of finite values (a NaN would make every
-    percentile and every measured gap NaN, silently)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"calibration data: batch {i} is a {type(x).__name__}, not a tensor")
-    if x.numel() == 0:
-        raise ValueError(f"calibration data: batch {i} is empty (shape {tuple(x.shape)})")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
-            f"calibration data: batch {i} holds {bad} NaN/inf value(s) of {x.numel()}; clean "
-            "or drop those images first"
-        )
-    return x
+        yield check_batch(batch[0] if isinstance(batch, tuple | list) else batch, i)
 
 
 def percentile(values: Tensor, q: float) -> float:

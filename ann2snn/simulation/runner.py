@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._util import finite_input, positive_int
+from .._util import check_batch, finite_input, positive_int
 from ..nn.network import SpikingNetwork, device_of, eval_mode
 from ..nn.state import state_dtype
 from .activity import ActivityMonitor, ActivityReport
@@ -62,13 +62,8 @@ def _batches(data: Any) -> Iterator[tuple[Tensor, Tensor]]:
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], Tensor):
         yield data[0], data[1]
         return
-    for x, y in data:
-        if not isinstance(x, Tensor):
-            raise TypeError(
-                "simulate: the input must be one tensor [B, ...] per batch (a converted "
-                f"network takes one input), got {type(x).__name__}"
-            )
-        yield x, y
+    for i, (x, y) in enumerate(data):
+        yield check_batch(x, i, "simulate", finite=False), y
 
 
 def _check_labels_shape(y: Tensor, x: Tensor, b: int) -> None:
