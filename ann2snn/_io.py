@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ __all__ = [
     "check_output",
     "staged_output",
     "writable_folder",
+    "check_free_space",
     "stage",
     "commit",
     "atomic_write",
@@ -241,6 +243,20 @@ def check_output(path: str | os.PathLike, force: bool = False, what: str = "outp
             f"{what} {path}: the file exists; pass force=True (CLI: --force) to replace it"
         )
     return path
+
+
+def check_free_space(path: str | os.PathLike, nbytes: int, what: str) -> None:
+    """Refuse to start writing ~``nbytes`` where the disk cannot hold them (writers such as
+    h5py fail badly on a full disk); twice the estimate plus 1 MiB must be free."""
+    free = shutil.disk_usage(Path(path).parent).free
+    need = 2 * nbytes + (1 << 20)
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: {what} needs about {need / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB are free",
+            str(path),
+        )
 
 
 @contextlib.contextmanager

@@ -167,3 +167,17 @@ def test_plain_nir_if_honours_r_and_v_reset(tmp_path):
         out = net(torch.full((6, 1, 1), 0.3))[:, 0, 0]
         # v: 0.6, 1.2 → spike → 0.25, 0.85, 1.45 → spike → 0.25, 0.85, 1.45 → spike
         assert out.tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_export_onto_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1000))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), QCFS(4, 1.0), nn.Flatten(), nn.Linear(32, 3)
+    )
+    with pytest.raises(OSError, match="No space left on device: the NIR file needs about"):
+        export_nir(convert(model.eval()), tmp_path / "net.nir", torch.rand(2, 1, 4, 4))
+    assert list(tmp_path.iterdir()) == []

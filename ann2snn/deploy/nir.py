@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .._io import staged_output
+from .._io import check_free_space, staged_output
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, IFNeuron, SpikingNeuron
 from .binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
@@ -285,6 +285,9 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
             "reader_losses": losses,
         }
     }
+    arrays = sum(a.nbytes for node in nodes.values() for a in vars(node).values()
+                 if isinstance(a, np.ndarray))  # fmt: skip
+    check_free_space(path, arrays, "the NIR file")
     with staged_output(path) as tmp:  # an existing file is replaced whole, or not at all
         nir.write(str(tmp), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
     return losses
