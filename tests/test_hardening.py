@@ -162,16 +162,21 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("args, phrase", CLI_ERRORS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")  # fmt: skip
-def test_every_cli_user_error_is_one_line_and_exit_2(cli_world, args, phrase):
+def test_every_cli_user_error_is_one_line_and_exit_2(cli_world, args, phrase, capsys):
+    # In-process (what the console script runs, without a second of start-up per case);
+    # test_debug_shows_the_traceback and test_structure run the real entry points.
     args = [a.replace("RUN", cli_world["RUN"]).replace("DATA", cli_world["DATA"])
              .replace("ROOT", cli_world["ROOT"]) for a in args]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "ann2snn.cli", *args], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [li for li in proc.stderr.splitlines() if li.strip()]
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [li for li in err.splitlines() if li.strip()]
     error_lines = [li for li in lines if "error:" in li]
-    assert len(error_lines) == 1 and phrase in proc.stderr, proc.stderr
+    assert len(error_lines) == 1 and phrase in err, err
 
 
 def test_debug_shows_the_traceback(cli_world):

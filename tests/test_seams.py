@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_binarization import _spikes as steps  # per-step outputs and every spike
 from torch import Tensor, nn
 
 import ann2snn
-from ann2snn import QCFS, LIPool, SpikingNeuron, activity, binarize, calibrate, convert
+from ann2snn import QCFS, LIPool, activity, binarize, calibrate, convert
 
 EXAMPLES = int(os.environ.get("ANN2SNN_SEAM_EXAMPLES", "40"))
 SEAMS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -133,26 +134,6 @@ def build(spec: Spec) -> tuple[nn.Module, Tensor]:
     g = torch.Generator().manual_seed(spec.seed + 1)
     x = 2 * torch.rand(3, spec.channels, spec.size, spec.size, generator=g, dtype=torch.float64)
     return model, x
-
-
-def steps(net: nn.Module, x: Tensor, T: int, sleep: int = 0) -> tuple[Tensor, list[Tensor]]:
-    """Per-step outputs ``[T + sleep, B, out]`` of one run from reset, and every spiking
-    layer's outputs."""
-    seen: list[Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
-             for m in net.modules() if isinstance(m, SpikingNeuron)]  # fmt: skip
-    net.reset()
-    try:
-        with torch.no_grad():
-            out = net(x.unsqueeze(0).expand(T, *x.shape))
-            if sleep:
-                with net.sleeping():
-                    out = torch.cat([out, net(x.new_zeros(sleep, *x.shape))])
-    finally:
-        for h in hooks:
-            h.remove()
-        net.reset()
-    return out, seen
 
 
 def close(a: Tensor, b: Tensor, tol: float = 1e-9) -> None:
