@@ -92,15 +92,18 @@ def _add_train(sub: Any) -> None:
     )
     t.add_argument(
         "--model",
-        required=True,
         help=f"a zoo model ({', '.join(list_models())}), torchvision:NAME, timm:NAME or "
-        "package.module:function (prepared with --act/--levels/--pool)",
+        "package.module:function (prepared with --act/--levels/--pool); with --resume --out RUN "
+        "read from the run's record",
     )
     t.add_argument(
         "--init",
         help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from",
     )
-    t.add_argument("--dataset", required=True, help=f"one of {', '.join(list_datasets())}")
+    t.add_argument(
+        "--dataset",
+        help=f"one of {', '.join(list_datasets())}; with --resume --out RUN read from its record",
+    )
     t.add_argument(
         "--task",
         choices=["classification", "detection"],
@@ -111,23 +114,7 @@ def _add_train(sub: Any) -> None:
         choices=sorted(PRESETS),
         help="a paper's recipe (flags override it)",
     )
-    t.add_argument("--act", choices=list_activations(), help="the ANN's activation")
-    t.add_argument("--levels", type=POS, help="quantization levels L (Q for clipq)")
-    t.add_argument("--pool", choices=["avg", "max"])
-    t.add_argument("--epochs", type=POS)
-    t.add_argument("--batch-size", type=POS)
-    t.add_argument("--lr", type=_positive_float)
-    t.add_argument("--weight-decay", type=_non_negative_float)
-    t.add_argument(
-        "--threshold-param",
-        choices=["log", "raw"],
-        help="train log λ (default) or λ itself, as the papers do",
-    )
-    t.add_argument(
-        "--threshold-decay",
-        choices=["on", "off"],
-        help="weight decay on λ (default: on for raw λ, off for log λ)",
-    )
+    _add_recipe_flags(t)
     t.add_argument("--seed", type=NONNEG)
     t.add_argument("--device", help="auto, cpu, cuda")
     t.add_argument("--data-dir", help="where the dataset lives (the only place looked)")
@@ -162,6 +149,27 @@ def _add_train(sub: Any) -> None:
         "instead of the validation split",
     )
     t.add_argument("--no-progress", action="store_true")
+
+
+def _add_recipe_flags(t: argparse.ArgumentParser) -> None:
+    """The training recipe's flags (each a `TrainConfig` field of the same name)."""
+    t.add_argument("--act", choices=list_activations(), help="the ANN's activation")
+    t.add_argument("--levels", type=POS, help="quantization levels L (Q for clipq)")
+    t.add_argument("--pool", choices=["avg", "max"])
+    t.add_argument("--epochs", type=POS)
+    t.add_argument("--batch-size", type=POS)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--weight-decay", type=_non_negative_float)
+    t.add_argument(
+        "--threshold-param",
+        choices=["log", "raw"],
+        help="train log λ (default) or λ itself, as the papers do",
+    )
+    t.add_argument(
+        "--threshold-decay",
+        choices=["on", "off"],
+        help="weight decay on λ (default: on for raw λ, off for log λ)",
+    )
 
 
 def _add_eval(sub: Any) -> None:
@@ -326,26 +334,20 @@ def _train(args: argparse.Namespace) -> int:
     from .methods import epoch_hook
     from .training import TrainConfig, train
 
-    if args.task and args.task != dataset_task(args.dataset):
-        raise ValueError(
-            f"--task {args.task} does not match --dataset {args.dataset!r}; detection datasets "
-            f"are {', '.join(DETECTION_DATASETS)}, every other dataset is classification"
-        )
     # Flags named like TrainConfig fields map onto them; --out and --threshold-decay differ,
-    # and model, dataset, resume and progress are set below.
+    # and resume and progress are set below.
     mapping = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
-    mapping.update(out_dir=args.out, progress=None, resume=None, model=None, dataset=None)
+    mapping.update(out_dir=args.out, progress=None, resume=None)
     if args.threshold_decay is not None:
         mapping["threshold_decay"] = args.threshold_decay == "on"
     overrides = {k: v for k, v in mapping.items() if v is not None}
-    overrides.update(
-        model=args.model, dataset=args.dataset, resume=args.resume, progress=not args.no_progress
-    )
-    cfg = (
-        TrainConfig.from_preset(args.preset, **overrides)
-        if args.preset
-        else TrainConfig(**overrides)
-    )
+    overrides.update(resume=args.resume, progress=not args.no_progress)
+    cfg = _train_config(args, overrides, TrainConfig)
+    if args.task and args.task != dataset_task(cfg.dataset):
+        raise ValueError(
+            f"--task {args.task} does not match --dataset {cfg.dataset!r}; detection datasets "
+            f"are {', '.join(DETECTION_DATASETS)}, every other dataset is classification"
+        )
     batches = {} if args.nq_batches is None else {"max_batches": args.nq_batches}
     hook = epoch_hook(cfg.act, steps=args.nq_steps, augment=args.nq_augment, **batches)
     record = train(cfg, hooks={"on_epoch_end": hook} if hook else None)
@@ -353,13 +355,39 @@ def _train(args: argparse.Namespace) -> int:
 
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 reports
         return 0
-    m = record.get("metrics", {})
+    m, epochs = record.get("metrics", {}), record.get("epoch")
     key = "map50" if record.get("task") == "detection" else "acc"
+    pct = lambda v: "-" if v is None else f"{v:.2f}%"  # noqa: E731 - metrics are in percent
     print(
-        f"done: {record.get('epoch')} epochs, val {key} {m.get(f'val_{key}')}, "
-        f"test {key} {m.get(f'test_{key}')} -> {cfg.out_dir}"
+        f"done: {epochs} epoch{'' if epochs == 1 else 's'}, val {key} {pct(m.get(f'val_{key}'))}, "
+        f"test {key} {pct(m.get(f'test_{key}'))} -> {cfg.out_dir}"
     )
     return 0
+
+
+def _train_config(args: argparse.Namespace, overrides: dict[str, Any], config_cls: Any) -> Any:
+    """The run's `TrainConfig`: a preset (or the defaults) with the flags given; with
+    ``--resume --out RUN`` and no --model/--dataset, the run's own recorded recipe with the
+    flags given on top."""
+    if args.model and args.dataset:
+        if args.preset:
+            return config_cls.from_preset(args.preset, **overrides)
+        return config_cls(**overrides)
+    if not (args.resume and args.out):
+        raise ValueError(
+            "--model and --dataset are required for a new run (with --resume --out RUN they "
+            "are read from the run's record)"
+        )
+    from .checkpoint import load_record
+
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    recipe = {k: v for k, v in (load_record(args.out).get("recipe") or {}).items() if k in fields}
+    if not recipe.get("model") or not recipe.get("dataset"):
+        raise ValueError(
+            f"--resume --out {args.out}: the run's record holds no recipe; pass --model and "
+            "--dataset"
+        )
+    return config_cls(**{**recipe, **overrides})
 
 
 def _dtype(name: str):

@@ -76,7 +76,7 @@ def run_dir(work, data_dir) -> Path:
     """One trained QCFS CNN (1 epoch), trained through the console script."""
     out = work / "run"
     proc = cli(*_train_args(data_dir, out), cwd=work)
-    assert "done: 1 epochs" in proc.stdout and str(out) in proc.stdout
+    assert "done: 1 epoch, val acc " in proc.stdout and str(out) in proc.stdout
     return out
 
 
@@ -523,3 +523,15 @@ def test_a_full_disk_during_training_says_what_is_safe_and_resume_finishes(data_
     monkeypatch.setattr(ck, "stage", real_stage)
     assert main([*args, "--resume"]) == 0
     assert "done: 2 epochs" in capsys.readouterr().out
+
+
+def test_resume_reads_the_rest_of_the_recipe_from_the_run(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(data_dir, out)) == 0
+    assert "done: 1 epoch, val acc " in capsys.readouterr().out
+    # Only what changes: the run's record gives model, dataset, data and recipe.
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("done: 2 epochs, val acc ") and line.rstrip().endswith(str(out))
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "new")]) == 2
+    assert "--model and --dataset are required for a new run" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_torchrun_trains_one_consistent_run_and_evaluates_exactly(tmp_path):
     common = ["--model", "cnn", "--dataset", "fashion-mnist", "--data-dir", str(data),
               "--batch-size", "32", "--out", str(run), "--no-progress", "--device", "cpu"]  # fmt: skip
     out = _run(["train", *common, "--epochs", "1"], tmp_path, procs=2)
-    assert out.stdout.count("done: 1 epochs") == 1  # one report, from the primary rank
+    assert out.stdout.count("done: 1 epoch,") == 1  # one report, from the primary rank
     record = json.loads((run / "last.json").read_text())
     assert record["runtime"]["world_size"] == 2 and record["runtime"]["backend"] == "gloo"
     # Checked inside the run: every parameter identical on both ranks after the epoch.
