@@ -148,7 +148,7 @@ def _add_train(sub: Any) -> None:
         help="NQ: estimate σ on augmented training batches (as the reference code) "
         "instead of the validation split",
     )
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no live bar: one line per epoch")
 
 
 def _add_recipe_flags(t: argparse.ArgumentParser) -> None:
@@ -341,7 +341,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.threshold_decay is not None:
         mapping["threshold_decay"] = args.threshold_decay == "on"
     overrides = {k: v for k, v in mapping.items() if v is not None}
-    overrides.update(resume=args.resume, progress=not args.no_progress)
+    overrides.update(resume=args.resume, progress="lines" if args.no_progress else True)
     cfg = _train_config(args, overrides, TrainConfig)
     if args.task and args.task != dataset_task(cfg.dataset):
         raise ValueError(

@@ -517,9 +517,10 @@ def test_a_full_disk_during_training_says_what_is_safe_and_resume_finishes(data_
     args = _train_args(data_dir, out)
     args[args.index("--epochs") + 1] = "2"
     assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ann2snn train: error: No space left on device")
-    assert "every complete epoch before this one is saved" in err and err.count("\n") == 1
+    err = capsys.readouterr().err.splitlines()  # the run's lines, then one error line
+    assert err[0].startswith("training: cnn") and err[1].startswith("epoch 1/2")
+    assert err[-1].startswith("ann2snn train: error: No space left on device")
+    assert "every complete epoch before this one is saved" in err[-1] and len(err) == 3
     monkeypatch.setattr(ck, "stage", real_stage)
     assert main([*args, "--resume"]) == 0
     assert "done: 2 epochs" in capsys.readouterr().out
@@ -528,7 +529,12 @@ def test_a_full_disk_during_training_says_what_is_safe_and_resume_finishes(data_
 def test_resume_reads_the_rest_of_the_recipe_from_the_run(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_train_args(data_dir, out)) == 0
-    assert "done: 1 epoch, val acc " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "done: 1 epoch, val acc " in captured.out
+    # --no-progress: no live bar, but the header and one plain line per epoch.
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("training: cnn") and "1 epoch, cpu" in lines[0]
+    assert lines[1].startswith("epoch 1/1  lr ") and "\r" not in captured.err
     # Only what changes: the run's record gives model, dataset, data and recipe.
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
     line = capsys.readouterr().out

@@ -125,6 +125,8 @@ class TrainConfig:
     ``threshold_param``: "log" (train log λ) or "raw" (train λ itself, as the papers do);
     ``threshold_decay``: weight decay on λ, None = True for raw and False for log.
     ``resume=True`` continues an interrupted run in ``out_dir`` (or starts it if empty).
+    ``progress``: True (a live bar per epoch, then its line), "lines" (one plain line per
+    epoch, no bar: the CLI's ``--no-progress``) or False (nothing).
     """
 
     model: str
@@ -158,7 +160,7 @@ class TrainConfig:
     init: str | None = None
     download: bool = False
     sync_bn: bool = False
-    progress: bool = True
+    progress: bool | str = True
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -214,6 +216,8 @@ class TrainConfig:
 
     def _check_runtime(self) -> None:
         """Where and how it runs, and how much data it reads."""
+        if self.progress not in (True, False, "lines"):
+            fail(f"progress must be True, False or 'lines', got {self.progress!r}")
         try:
             if self.device != "auto":
                 torch.device(self.device)

@@ -148,7 +148,11 @@ def _train(
         select = _after_epoch(on_epoch_end, setup.model, loaders, record, rt, score)
         improved = _select(record, entry, select, t0)
         _save_epoch(run_dir, setup, scheduler, record, improved, rt)
-        bar.close(_epoch_line(entry, task, config.epochs, improved))
+        line = _epoch_line(entry, task, config.epochs, improved)
+        if bar.enabled:
+            bar.close(line)
+        elif log is not None:  # progress="lines": the line alone
+            print(line, file=log)
     return record
 
 
@@ -212,7 +216,8 @@ def _log_start(
     amp = f" {setup.runtime()['amp']}" if setup.amp_dtype else ""
     print(
         f"{what}: {config.model} ({n_params / 1e6:.2f}M params) on {dataset}, "
-        f"{config.epochs} epochs, {setup.device}{amp} -> {run_dir}",
+        f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}, {setup.device}{amp} -> "
+        f"{run_dir}",
         file=log,
     )
 
@@ -233,8 +238,10 @@ def _fit_epoch(
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)  # resumed runs replay the same shuffles/augmentations
     train_data, val_data, test_data = data
-    bar = ProgressBar(
-        length(train_data), f"epoch {epoch + 1}/{config.epochs}", enabled=log is not None
+    bar = ProgressBar(  # lines only ("lines"): no bar, the epoch's line is printed plainly
+        length(train_data),
+        f"epoch {epoch + 1}/{config.epochs}",
+        enabled=config.progress is True and log is not None,
     )
     scores = setup.epoch(
         train_data, label_smoothing=config.label_smoothing, progress=bar, loss_fn=task.loss
