@@ -70,8 +70,9 @@ def evaluate_run(
     simulates its share of the test set and the counts are summed. ``trust_code``: see
     `ann2snn.load` (a record naming ``package.module:function`` runs that code).
     """
-    rt = runtime_from_env(resolve_device("device", device))
-    dev = rank_device(resolve_device("device", device), rt)
+    resolved = resolve_device("device", device)
+    rt = runtime_from_env(resolved)
+    dev = rank_device(resolved, rt)
     model = load(checkpoint, map_location=dev, trust_code=trust_code)
     record = RunRecord.of(model)
     if record.dataset is None:

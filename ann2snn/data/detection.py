@@ -264,7 +264,7 @@ def _voc_objects(target: dict, where: str) -> tuple[list, float, float]:
     ann = target["annotation"]
     objects = ann.get("object", [])
     objects = objects if isinstance(objects, list) else [objects]
-    out = []
+    out, w, h = [], 0.0, 0.0  # the size is read (and must be valid) once there is an object
     for i, obj in enumerate(objects):
         if str(obj.get("difficult", "0")) == "1":
             continue
@@ -282,7 +282,7 @@ def _voc_objects(target: dict, where: str) -> tuple[list, float, float]:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: object {i}: a box or size field is missing or not a number ({e})") from None  # fmt: skip
         out.append((VOC_CLASSES.index(obj["name"]), box))
-    return out, w if out else 0.0, h if out else 0.0
+    return out, w, h
 
 
 def _voc_table(ds: Any, check: BoxCheck) -> list[Tensor]:

@@ -32,7 +32,7 @@ from torch import Tensor, fx, nn
 from ..conversion.passes import PassContext, fold_batchnorm
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, GroupNeuron, IFNeuron, SpikingNeuron
-from ..nn.state import state_dtype
+from ..nn.state import state_tensor
 
 __all__ = ["binarize", "SpikeScale", "MemberExpand", "MemberSum", "is_binarized"]
 
@@ -42,9 +42,7 @@ class SpikeScale(nn.Module):
 
     def __init__(self, scale: float | Tensor):
         super().__init__()
-        scale = torch.as_tensor(scale).detach().clone()
-        scale = scale.to(state_dtype(scale.dtype) if scale.is_floating_point() else torch.float32)
-        self.register_buffer("scale", scale.reshape(()))
+        self.register_buffer("scale", state_tensor(scale).reshape(()))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale.to(x.dtype)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .._util import finite_number, positive_int
 from ._compile import flat_views
+from .state import state_tensor
 
 __all__ = [
     "QCFS",
@@ -70,12 +71,11 @@ class SpikeSpec:
 
     def __post_init__(self) -> None:
         try:
-            theta = torch.as_tensor(self.threshold).detach().clone()
+            theta = state_tensor(self.threshold)  # fp32, or fp64 for a fp64 λ
         except (TypeError, RuntimeError, ValueError):
             raise TypeError(
                 f"SpikeSpec.threshold must be a positive finite scalar, got {self.threshold!r}"
             ) from None
-        theta = theta.to(torch.float64 if theta.dtype == torch.float64 else torch.float32)
         if theta.numel() != 1 or not bool(theta > 0) or not bool(theta.isfinite()):
             raise ValueError(f"SpikeSpec.threshold must be a positive finite scalar, got {theta}")
         object.__setattr__(self, "threshold", theta.reshape(()))

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._util import finite_number, positive_int
 from ._compile import compile_unavailable, compiled_kernel, flat_views
-from .state import Stateful, state_dtype
+from .state import Stateful, state_dtype, state_tensor
 
 __all__ = [
     "SpikingNeuron",
@@ -90,15 +90,12 @@ class SpikingNeuron(Stateful):
     ):
         super().__init__(step_mode)
         try:
-            threshold = torch.as_tensor(threshold).detach().clone()
+            # fp32, or fp64 for a fp64 λ: a float64 network keeps its thresholds exact.
+            threshold = state_tensor(threshold)
         except (TypeError, RuntimeError, ValueError):
             raise TypeError(
                 f"threshold must be a positive finite scalar, got {threshold!r}"
             ) from None
-        # fp32, or fp64 for a fp64 λ: a float64 network keeps its thresholds exact.
-        threshold = threshold.to(
-            state_dtype(threshold.dtype) if threshold.is_floating_point() else torch.float32
-        )
         if threshold.numel() != 1 or not bool(threshold > 0) or not bool(threshold.isfinite()):
             raise ValueError(
                 f"threshold must be a positive finite scalar, got {threshold.tolist()}"

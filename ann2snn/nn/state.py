@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Stateful", "is_stateful_module", "reset", "state_dtype"]
+__all__ = ["Stateful", "is_stateful_module", "reset", "state_dtype", "state_tensor"]
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -29,6 +29,13 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     small residues that carry information across steps), float64 for float64 (a float64
     network is simulated in float64 throughout, never rounded through float32)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def state_tensor(value: object) -> torch.Tensor:
+    """A detached copy of ``value`` (a number or tensor) in the state dtype of its own
+    dtype: how thresholds and spike scales are stored (fp64 stays fp64, the rest fp32)."""
+    t = torch.as_tensor(value).detach().clone()
+    return t.to(state_dtype(t.dtype) if t.is_floating_point() else torch.float32)
 
 
 class Stateful(nn.Module):
