@@ -108,8 +108,10 @@ _MOVED = {
 }  # fmt: skip
 
 _HOME = {name: wing for wing, names in _EXPORTS.items() for name in names} | _MOVED
-_WINGS = ("nn", "data", "conversion", "simulation", "models", "calibration", "deploy",
-          "detection", "training", "checkpoint", "methods", "evaluation", "runs", "report")  # fmt: skip
+_WINGS = (
+    "nn", "data", "conversion", "simulation", "models", "calibration", "deploy", "detection",
+    "training", "checkpoint", "methods", "evaluation", "runs", "report",
+)  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -233,8 +233,9 @@ class BoxCheck:
     def __init__(self, name: str) -> None:
         self.name, self.clipped, self.dropped = name, 0, 0
 
-    def rows(self, objects: list[tuple[int, list[float]]], width: float, height: float,
-             where: str) -> Tensor:  # fmt: skip
+    def rows(
+        self, objects: list[tuple[int, list[float]]], width: float, height: float, where: str
+    ) -> Tensor:
         """``[K, 5]`` (class, x1, y1, x2, y2) rows of one image's ``(class, box)`` objects."""
         out = []
         for i, (cls, box) in enumerate(objects):
@@ -280,7 +281,9 @@ def _voc_objects(target: dict, where: str) -> tuple[list, float, float]:
             size = ann["size"]
             w, h = float(size["width"]), float(size["height"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: object {i}: a box or size field is missing or not a number ({e})") from None  # fmt: skip
+            raise ValueError(
+                f"{where}: object {i}: a box or size field is missing or not a number ({e})"
+            ) from None
         out.append((VOC_CLASSES.index(obj["name"]), box))
     return out, w, h
 

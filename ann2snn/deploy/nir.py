@@ -285,8 +285,12 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
             "reader_losses": losses,
         }
     }
-    arrays = sum(a.nbytes for node in nodes.values() for a in vars(node).values()
-                 if isinstance(a, np.ndarray))  # fmt: skip
+    arrays = sum(
+        a.nbytes
+        for node in nodes.values()
+        for a in vars(node).values()
+        if isinstance(a, np.ndarray)
+    )
     check_free_space(path, arrays, "the NIR file")
     with staged_output(path) as tmp:  # an existing file is replaced whole, or not at all
         nir.write(str(tmp), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
@@ -367,8 +371,12 @@ def _if_module(nir, key: str, node: Any, meta: dict) -> SpikingNeuron:
                 f"import_nir: node {key!r}: r = {r} in an ann2snn IF node (written with r = 1)"
             )
         if meta.get("neuron") == "cif":
-            n = ConsistentIF(theta, v_init=0.0, gamma=int(meta.get("gamma", 1)),
-                             negative_spikes=bool(meta.get("negative_spikes", 1)))  # fmt: skip
+            n = ConsistentIF(
+                theta,
+                v_init=0.0,
+                gamma=int(meta.get("gamma", 1)),
+                negative_spikes=bool(meta.get("negative_spikes", 1)),
+            )
         else:
             n = IFNeuron(theta, v_init=0.0)
         if "v_init" in meta:  # per neuron [C, ...]: broadcasts over the batch
