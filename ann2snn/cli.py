@@ -16,9 +16,32 @@ from .calibration import CALIBRATION_METHODS
 from .data import list_datasets
 from .models import list_models
 from .nn import list_activations, list_neurons
-from .training import PRESETS
+from .training import PRESETS, TrainConfig
 
 __all__ = ["main", "build_parser"]
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default: argparse's own where the option has one;
+    an option whose default comes from elsewhere (a preset, the run's record) says so in its
+    text. Epilogs keep their line breaks (they are examples)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _recipe_default(name: str) -> str:
+    """'(default: the preset's, else N)' for a `TrainConfig` field set by a recipe."""
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f"(default: the preset's, else {field.default})"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _int_at_least(minimum: int):
@@ -75,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ann2snn",
         description="Train quantized ANNs, convert them to spiking networks, simulate and report.",
+        formatter_class=_Help,
+        epilog=_examples(
+            "ann2snn demo                      # Fashion-MNIST end to end, every method",
+            "ann2snn COMMAND --help            # a command's options, defaults and examples",
+        ),
     )
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.add_argument("--version", action="version", version=f"ann2snn {VERSION}")
@@ -87,37 +115,52 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(sub: Any) -> None:
     t = sub.add_parser(
         "train",
+        formatter_class=_Help,
         help="train a source ANN (QCFS, NQ, clip-quant or ReLU)",
-        description="Train a source ANN; checkpoints every epoch into --out.",
+        description="Train a source ANN; checkpoints every epoch into --out (accuracies in %).",
+        epilog=_examples(
+            "ann2snn train --model cnn --dataset fashion-mnist --preset qcfs --epochs 3 "
+            "--out runs/cnn",
+            "ann2snn train --resume --out runs/cnn --epochs 6   # extend: the rest from the record",
+            "ann2snn train --model torchvision:resnet18 --dataset fashion-mnist --init r18.pth",
+            "torchrun --nproc_per_node=2 -m ann2snn train --model vgg16 --dataset cifar10 ...",
+        ),
     )
     t.add_argument(
         "--model",
         help=f"a zoo model ({', '.join(list_models())}), torchvision:NAME, timm:NAME or "
-        "package.module:function (prepared with --act/--levels/--pool); with --resume --out RUN "
-        "read from the run's record",
+        "package.module:function (prepared with --act/--levels/--pool); required for a new run, "
+        "read from the run's record with --resume --out RUN",
     )
     t.add_argument(
         "--init",
-        help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from",
+        help="pretrained weights (.safetensors or a torch .pth state dict) to fine-tune from; what "
+        "was loaded, adapted or skipped is printed (default: none, random init)",
     )
     t.add_argument(
         "--dataset",
-        help=f"one of {', '.join(list_datasets())}; with --resume --out RUN read from its record",
+        help=f"one of {', '.join(list_datasets())}; required for a new run, read from its record with --resume --out RUN",
     )
     t.add_argument(
         "--task",
         choices=["classification", "detection"],
-        help="checked against --dataset (the dataset decides the task)",
+        help="checked against --dataset (the dataset decides the task; default: its task)",
     )
     t.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="a paper's recipe (flags override it)",
+        help="a paper's recipe (flags override it; default: TrainConfig's defaults)",
     )
     _add_recipe_flags(t)
-    t.add_argument("--seed", type=NONNEG)
-    t.add_argument("--device", help="auto, cpu, cuda")
-    t.add_argument("--data-dir", help="where the dataset lives (the only place looked)")
+    t.add_argument("--seed", type=NONNEG, help=f"random seed {_recipe_default('seed')}")
+    t.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: auto, cuda when available)"
+    )
+    t.add_argument(
+        "--data-dir",
+        help="where the dataset lives, the only place looked (default: $ANN2SNN_DATA, the "
+        "Debian package folder, then ~/.cache/ann2snn)",
+    )
     t.add_argument(
         "--download",
         action="store_true",
@@ -132,15 +175,26 @@ def _add_train(sub: Any) -> None:
         default=None,
         help="under torchrun on GPUs: BatchNorm statistics over the global batch",
     )
-    t.add_argument("--limit-train", type=POS, help="use only N training images (quick runs)")
-    t.add_argument("--limit-test", type=POS)
-    t.add_argument("--autoaugment", action="store_true", default=None)
-    t.add_argument("--cutout", type=NONNEG)
-    t.add_argument("--nq-steps", type=POS, default=4, help="NQ: T_n for σ calibration (default 4)")
+    t.add_argument(
+        "--limit-train", type=POS, help="use only N training images, for quick runs (default: all)"
+    )
+    t.add_argument(
+        "--limit-test",
+        type=POS,
+        help="use only N test (and validation) images (default: all)",
+    )
+    t.add_argument(
+        "--autoaugment",
+        action="store_true",
+        default=None,
+        help="CIFAR AutoAugment on the training split (default: off)",
+    )
+    t.add_argument("--cutout", type=NONNEG, help="Cutout square side in pixels (default: 0, off)")
+    t.add_argument("--nq-steps", type=POS, default=4, help="NQ: T_n, the steps σ is measured at")
     t.add_argument(
         "--nq-batches",
         type=POS,
-        help="NQ: calibration batches of the validation split (default 10)",
+        help="NQ: validation batches σ is measured on (default: 10)",
     )
     t.add_argument(
         "--nq-augment",
@@ -148,22 +202,42 @@ def _add_train(sub: Any) -> None:
         help="NQ: estimate σ on augmented training batches (as the reference code) "
         "instead of the validation split",
     )
-    t.add_argument("--no-progress", action="store_true", help="no live bar: one line per epoch")
+    t.add_argument(
+        "--no-progress", action="store_true", help="no live bar: one plain line per epoch"
+    )
 
 
 def _add_recipe_flags(t: argparse.ArgumentParser) -> None:
     """The training recipe's flags (each a `TrainConfig` field of the same name)."""
-    t.add_argument("--act", choices=list_activations(), help="the ANN's activation")
-    t.add_argument("--levels", type=POS, help="quantization levels L (Q for clipq)")
-    t.add_argument("--pool", choices=["avg", "max"])
-    t.add_argument("--epochs", type=POS)
-    t.add_argument("--batch-size", type=POS)
-    t.add_argument("--lr", type=_positive_float)
-    t.add_argument("--weight-decay", type=_non_negative_float)
+    t.add_argument(
+        "--act", choices=list_activations(), help=f"the ANN's activation {_recipe_default('act')}"
+    )
+    t.add_argument(
+        "--levels",
+        type=POS,
+        help=f"quantization levels L (Q for clipq) {_recipe_default('levels')}",
+    )
+    t.add_argument(
+        "--pool",
+        choices=["avg", "max"],
+        help=f"pooling of zoo models (max converts to LIPool) {_recipe_default('pool')}",
+    )
+    t.add_argument("--epochs", type=POS, help=f"epochs to train {_recipe_default('epochs')}")
+    t.add_argument(
+        "--batch-size",
+        type=POS,
+        help=f"global batch, split between processes {_recipe_default('batch_size')}",
+    )
+    t.add_argument("--lr", type=_positive_float, help=f"peak learning rate {_recipe_default('lr')}")
+    t.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        help=f"weight decay {_recipe_default('weight_decay')}",
+    )
     t.add_argument(
         "--threshold-param",
         choices=["log", "raw"],
-        help="train log λ (default) or λ itself, as the papers do",
+        help="train log λ or λ itself, as the papers do (default: log)",
     )
     t.add_argument(
         "--threshold-decay",
@@ -175,18 +249,29 @@ def _add_recipe_flags(t: argparse.ArgumentParser) -> None:
 def _add_eval(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
+        formatter_class=_Help,
         help="convert a checkpoint and simulate the SNN over T",
-        description="Convert a trained checkpoint and report SNN accuracy per time step.",
+        description="Convert a trained checkpoint and report SNN accuracy per time step. "
+        "Tables and --csv print accuracy and mAP in %; report.json and --json hold "
+        "fractions (0-1), as their 'units' entry says.",
+        epilog=_examples(
+            "ann2snn eval runs/cnn --neuron if --T 1,2,4,8",
+            "ann2snn eval runs/cnn --neuron gn --tau 4 --T 1,2 --activity",
+            "ann2snn eval runs/cnn-clipq --neuron cif --sleep 8 --T 1,2,4,8",
+            "ann2snn eval runs/cnn --T 1,2 --calibrate bias --csv > acc.csv",
+        ),
     )
     e.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
-    e.add_argument("--neuron", default="if", choices=list_neurons())
+    e.add_argument("--neuron", default="if", choices=list_neurons(), help="the SNN's neuron")
     e.add_argument(
         "--T",
         type=_steps_arg,
         default=None,
         help="time steps to report, e.g. 1,2,4,8 (default 1..32 by powers of 2)",
     )
-    e.add_argument("--T-max", type=POS, help="report every step 1..T_max")
+    e.add_argument(
+        "--T-max", type=POS, help="report every step 1..T_max (replaces --T; default: off)"
+    )
     e.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
     e.add_argument("--sleep", type=NONNEG, default=0, help="CIF: input-free steps per sleep phase")
     e.add_argument(
@@ -194,8 +279,8 @@ def _add_eval(sub: Any) -> None:
         type=POS,
         help="CIF: a sleep phase after every M wake steps (default: after all T)",
     )
-    e.add_argument("--batch-size", type=POS, default=256)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=POS, default=256, help="test images per batch")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "fp16"],
@@ -220,18 +305,22 @@ def _add_eval(sub: Any) -> None:
         choices=list(CALIBRATION_METHODS),
         help="post-conversion calibration on the validation split: 'bias' (per-channel "
         "bias, Li et al. 2021) or 'offset' (per-channel v(0), Hao et al. 2023); one "
-        "calibrated network per reported T unless --calib-T is given",
+        "calibrated network per reported T unless --calib-T is given (default: none)",
     )
     e.add_argument(
         "--calib-batches",
         type=POS,
         default=8,
-        help="validation batches used by --calibrate (default 8)",
+        help="validation batches used by --calibrate",
     )
-    e.add_argument("--calib-T", type=POS, help="calibrate once, for this T, and run all T on it")
-    e.add_argument("--data-dir")
+    e.add_argument(
+        "--calib-T",
+        type=POS,
+        help="calibrate once, for this T, and run all T on it (default: once per T)",
+    )
+    e.add_argument("--data-dir", help="where the dataset lives (default: as for train)")
     e.add_argument("--download", action="store_true", help="download CIFAR if missing")
-    e.add_argument("--limit-test", type=POS)
+    e.add_argument("--limit-test", type=POS, help="evaluate the first N test images (default: all)")
     e.add_argument(
         "--out",
         help="folder for report.json and the plots (default: RUN/eval/<neuron>-<options>-T<steps>, "
@@ -239,8 +328,8 @@ def _add_eval(sub: Any) -> None:
     )
     fmt = e.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the report as JSON")
-    fmt.add_argument("--csv", action="store_true", help="print accuracy per step as CSV")
-    e.add_argument("--no-progress", action="store_true")
+    fmt.add_argument("--csv", action="store_true", help="print accuracy (%%) per step as CSV")
+    e.add_argument("--no-progress", action="store_true", help="no live progress bar")
     e.add_argument(
         "--trust-code",
         action="store_true",
@@ -252,14 +341,25 @@ def _add_eval(sub: Any) -> None:
 def _add_export(sub: Any) -> None:
     x = sub.add_parser(
         "export",
+        formatter_class=_Help,
         help="write a converted run as NIR, ONNX or torch.export",
         description="Convert a trained run and write the SNN for other tools.",
+        epilog=_examples(
+            "ann2snn export runs/cnn --format nir --out cnn.nir",
+            "ann2snn export runs/cnn --format onnx --T 4 --binary --out cnn.onnx",
+            "ann2snn export runs/cnn --format torch --T 4 --time-input --out cnn.pt2",
+        ),
     )
     x.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
-    x.add_argument("--format", required=True, choices=["nir", "onnx", "torch"])
-    x.add_argument("--T", type=POS, help="ONNX/torch: time steps unrolled (default 4)")
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=["nir", "onnx", "torch"],
+        help="NIR graph, ONNX with T unrolled, or a torch.export program (.pt2)",
+    )
+    x.add_argument("--T", type=POS, help="ONNX/torch: time steps unrolled (default: 4)")
     x.add_argument("--force", action="store_true", help="replace an existing output file")
-    x.add_argument("--neuron", default="if", choices=list_neurons())
+    x.add_argument("--neuron", default="if", choices=list_neurons(), help="the SNN's neuron")
     x.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
     x.add_argument(
         "--binary",
@@ -275,7 +375,10 @@ def _add_export(sub: Any) -> None:
         "--sleep", type=NONNEG, default=0, help="NIR: CASC sleep steps recorded in the file"
     )
     x.add_argument("--out", required=True, help="file to write (.nir, .onnx, .pt2)")
-    x.add_argument("--data-dir")
+    x.add_argument(
+        "--data-dir",
+        help="dataset for the example input and percentile thresholds (default: as for train)",
+    )
     x.add_argument(
         "--trust-code",
         action="store_true",
@@ -287,14 +390,30 @@ def _add_export(sub: Any) -> None:
 def _add_check(sub: Any) -> None:
     c = sub.add_parser(
         "check",
+        formatter_class=_Help,
         help="support report: every op as supported or unsupported",
-        description="List every op of a model and whether it converts.",
+        description="List every op of a model and whether it converts (exit 1 if anything "
+        "does not).",
+        epilog=_examples(
+            "ann2snn check vgg16 --pool max",
+            "ann2snn check runs/cnn --neuron cif --json",
+        ),
     )
     c.add_argument("target", help="a run folder/checkpoint, or a model name (cnn, vgg16, ...)")
-    c.add_argument("--neuron", default="if", choices=list_neurons())
-    c.add_argument("--act", default="qcfs", choices=list_activations())
-    c.add_argument("--pool", default="avg", choices=["avg", "max"])
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--neuron", default="if", choices=list_neurons(), help="the SNN's neuron")
+    c.add_argument(
+        "--act",
+        default="qcfs",
+        choices=list_activations(),
+        help="activation a zoo model is built with (ignored for a run)",
+    )
+    c.add_argument(
+        "--pool",
+        default="avg",
+        choices=["avg", "max"],
+        help="pooling a zoo model is built with (ignored for a run)",
+    )
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument(
         "--trust-code",
         action="store_true",
@@ -306,9 +425,15 @@ def _add_check(sub: Any) -> None:
 def _add_demo(sub: Any) -> None:
     d = sub.add_parser(
         "demo",
+        formatter_class=_Help,
         help="Fashion-MNIST end to end: train, convert, simulate every method",
         description="Train a small CNN per method on Fashion-MNIST and print the "
-        "accuracy-vs-T table.",
+        "accuracy-vs-T table (test accuracy in %).",
+        epilog=_examples(
+            "ann2snn demo",
+            "ann2snn demo --methods qcfs,gn --epochs 1 --T 8 --out runs/quick",
+            "ann2snn demo --task detection",
+        ),
     )
     d.add_argument(
         "--task",
@@ -316,17 +441,26 @@ def _add_demo(sub: Any) -> None:
         default="classification",
         help="detection: yolo_tiny on the Fashion-MNIST scenes, mAP per T",
     )
-    d.add_argument("--out", help="default runs/demo (runs/demo-detection)")
-    d.add_argument("--data-dir")
-    d.add_argument("--epochs", type=POS, help="default 3 (detection 4)")
-    d.add_argument("--T", type=POS, help="largest T (default 16; detection 8)")
-    d.add_argument("--sleep", type=NONNEG, default=8, help="CASC sleep steps (default 8)")
-    d.add_argument("--methods", help="default qcfs,gn,nq,casc (detection: qcfs,gn,casc)")
-    d.add_argument("--device", default="auto")
-    d.add_argument("--limit-train", type=POS)
-    d.add_argument("--limit-test", type=POS)
+    d.add_argument(
+        "--out", help="folder of the runs and report (default: runs/demo, runs/demo-detection)"
+    )
+    d.add_argument("--data-dir", help="where Fashion-MNIST lives (default: as for train)")
+    d.add_argument("--epochs", type=POS, help="epochs per ANN (default: 3)")
+    d.add_argument("--T", type=POS, help="largest T (default: 16; detection 8)")
+    d.add_argument("--sleep", type=NONNEG, default=8, help="CASC sleep steps")
+    d.add_argument(
+        "--methods",
+        help="comma-separated methods (default: qcfs,gn,nq,casc; detection qcfs,gn,casc)",
+    )
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    d.add_argument(
+        "--limit-train",
+        type=POS,
+        help="training images per ANN (default: all; detection 6000)",
+    )
+    d.add_argument("--limit-test", type=POS, help="test images (default: all; detection 500)")
     d.add_argument("--no-activity", action="store_true", help="skip the SynOps/energy table")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="no live progress bars")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -448,7 +582,7 @@ def _eval(args: argparse.Namespace) -> int:
         print("\nCOCO mAP@[.5:.95] (%)\n" + format_table([row], steps, metric="map"))
         _print_paths(paths)
     else:
-        print(format_table([row], steps))
+        print("test accuracy (%)\n" + format_table([row], steps))
         if args.activity:
             print("\n" + format_cost_table([row], steps))
         _print_paths(paths)
@@ -481,10 +615,11 @@ def _print_paths(paths: dict[str, Path]) -> None:
 def _print_csv(row: dict[str, Any], steps: list[int], activity: bool) -> None:
     w = csv.writer(sys.stdout)
     cost = ["synops", "snn_macs", "energy_ratio"] if activity else []
-    w.writerow(["wake_steps", "total_steps", "accuracy", *cost])
+    w.writerow(["wake_steps", "total_steps", "accuracy_pct", *cost])
     for t in steps:
         extra = [row[f"{c}_by_wake"].get(str(t)) for c in cost]
-        w.writerow([t, _total_steps(row, t), row["accuracy_by_wake"].get(str(t)), *extra])
+        acc = row["accuracy_by_wake"].get(str(t))
+        w.writerow([t, _total_steps(row, t), None if acc is None else 100 * acc, *extra])
 
 
 def _total_steps(row: dict[str, Any], t: int) -> int:

@@ -120,6 +120,40 @@ def test_help_of_every_command_exits_0(work):
             assert word in out, (cmd, word)
 
 
+def _subparsers(parser):
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_has_help_with_its_default_and_every_command_examples_that_parse():
+    from ann2snn.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in _subparsers(parser).items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+            text = formatter._get_help_string(action)
+            has_value = action.default is not None and action.default is not False
+            if action.option_strings and (has_value or action.nargs != 0) and not action.required:
+                # Every option that takes a value says its default (argparse's or the text's),
+                # or that a new run requires it.
+                said = "default" in text or "required" in text
+                assert said, f"{name} {action.option_strings}: no default shown"
+        # The epilog's examples are commands this parser accepts.
+        examples = [ln.strip() for ln in (sub.epilog or "").splitlines()[1:] if ln.strip()]
+        assert examples, f"{name}: no examples"
+        for line in examples:
+            argv = line.split("#")[0].split(">")[0].split()
+            if argv[0] != "ann2snn" or "..." in argv:
+                continue
+            parser.parse_args(argv[1:])
+
+
 def test_check_vgg16_with_max_pooling_lists_each_maxpool_and_its_fix(work):
     proc = cli("check", "vgg16", "--pool", "max", cwd=work, check_rc=1)
     bad = [line for line in proc.stdout.splitlines() if "unsupported" in line and "->" in line]
@@ -169,8 +203,9 @@ def test_eval_prints_a_table_and_writes_report_and_plot(run_dir, data_dir, work)
     proc = cli("eval", str(run_dir), "--T", "1,2,4", "--data-dir", str(data_dir),
                "--no-progress", cwd=work)  # fmt: skip
     lines = proc.stdout.splitlines()
-    assert lines[0] == "| method | ANN | T=1 | T=2 | T=4 |"
-    assert lines[2].startswith("| qcfs+if |")
+    assert lines[0] == "test accuracy (%)"  # one unit, said
+    assert lines[1] == "| method | ANN | T=1 | T=2 | T=4 |"
+    assert lines[3].startswith("| qcfs+if |")
     folder = run_dir / "eval" / "if-T1_2_4"  # one folder per kind of evaluation
     assert (folder / "report.json").is_file()
     assert (folder / "accuracy_vs_T.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -178,6 +213,7 @@ def test_eval_prints_a_table_and_writes_report_and_plot(run_dir, data_dir, work)
     assert f"plot: {folder / 'accuracy_vs_T.png'}" in proc.stdout
 
     report = json.loads((folder / "report.json").read_text())
+    assert "fraction" in report["units"]["accuracy, map50, map"]
     (row,) = report["rows"]
     assert report["steps"] == [1, 2, 4]
     assert set(row["accuracy_by_wake"]) >= {"1", "2", "4"}
@@ -187,7 +223,7 @@ def test_eval_prints_a_table_and_writes_report_and_plot(run_dir, data_dir, work)
     # ANN accuracy: the checkpoint's test accuracy as measured during training.
     assert 0 <= row["ann_accuracy"] <= 1
     assert abs(100 * row["ann_accuracy"] - report["record"]["metrics"]["test_acc"]) <= 1.0
-    cells = lines[2].strip("| ").split(" | ")
+    cells = lines[3].strip("| ").split(" | ")
     assert cells[1] == f"{100 * row['ann_accuracy']:.2f}"
     assert cells[2:] == [f"{100 * row['accuracy_by_wake'][t]:.2f}" for t in ("1", "2", "4")]
     assert report["settings"]["T"] == [1, 2, 4] and report["settings"]["neuron"] == "if"
@@ -209,9 +245,9 @@ def test_eval_json_and_csv_outputs(run_dir, data_dir, tmp_path, capsys):
                "--T", "1,2,4", "--no-progress", "--csv"])  # fmt: skip
     assert rc == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert rows[0] == ["wake_steps", "total_steps", "accuracy"]
+    assert rows[0] == ["wake_steps", "total_steps", "accuracy_pct"]
     assert [r[:2] for r in rows[1:]] == [["1", "1"], ["2", "2"], ["4", "4"]]
-    assert [float(r[2]) for r in rows[1:]] == [acc["1"], acc["2"], acc["4"]]
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx([100 * acc[k] for k in ("1", "2", "4")])
 
     with pytest.raises(SystemExit) as exc:  # --json and --csv exclude each other
         main(["eval", str(run_dir), "--json", "--csv"])
@@ -234,7 +270,7 @@ def test_eval_activity_adds_synops_and_energy_columns(run_dir, data_dir, tmp_pat
     assert rows[0] == [
         "wake_steps",
         "total_steps",
-        "accuracy",
+        "accuracy_pct",
         "synops",
         "snn_macs",
         "energy_ratio",
@@ -294,7 +330,10 @@ def test_eval_csv_counts_sleep_steps_of_a_margin_schedule(run_dir, data_dir, tmp
     assert [(int(r[0]), int(r[1])) for r in rows[1:]] == [(1, 1), (2, 5), (3, 6), (4, 10)]
     report = json.loads((tmp_path / "report.json").read_text())
     acc = report["rows"][0]["accuracy_by_wake"]
-    assert [float(r[2]) for r in rows[1:]] == [acc[str(t)] for t in (1, 2, 3, 4)]
+
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx(
+        [100 * acc[str(t)] for t in (1, 2, 3, 4)]
+    )
 
 
 # ----------------------------------------------------------------------------- errors

@@ -64,7 +64,10 @@ def test_cli_trains_a_torchvision_model_and_evaluates_its_folder(data_dir, tmp_p
                "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "32",
                "--levels", "4", "--out", str(out), "--no-progress", "--device", "cpu",
                "--init", str(tmp_path / "resnet18.pth")])  # fmt: skip
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    # What --init did is printed, not only recorded:
+    assert "init:" in err and "adapted" in err and "conv1.weight" in err and "fc.weight" in err
     record = json.loads((out / "last.json").read_text())
     assert record["model"] == "torchvision:resnet18"
     assert record["model_kwargs"]["in_channels"] == 1

@@ -170,7 +170,8 @@ def _new_record(
         "dataset": loaders.name,
         "recipe": plain_recipe(config),
         "epoch": 0,
-        "metrics": {"history": [], "best_epoch": None, "best_select": None},
+        # Training records keep metrics in percent (as printed); losses are per sample.
+        "metrics": {"history": [], "best_epoch": None, "best_select": None, "units": "percent"},
         "extra": {},
         "seed": config.seed,
         # Shared by every record of the run: files copied in from another run are refused.
