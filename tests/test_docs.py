@@ -86,3 +86,57 @@ def test_cli_lines_parse(path):
             build_parser().parse_args(argv[1:])
         except SystemExit as exit:
             raise AssertionError(f"{_name(path)}:{line}: {command!r} does not parse") from exit
+
+
+# ----------------------------------------------------------------------------- API page
+
+_API_SECTIONS = (
+    ("The workflow", "prepare"),
+    ("Building blocks", "QCFS"),
+    ("Registries", "create_activation"),
+    ("Errors", "ConversionError"),
+)  # each section starts at this name of ann2snn.__all__
+
+
+def _home(name: str) -> str:
+    """Where mkdocstrings finds ``ann2snn.<name>``: the module that defines it (a wing's
+    module can share a function's name: ``ann2snn.simulation.activity``)."""
+    import importlib
+
+    import ann2snn
+
+    obj = getattr(ann2snn, name)
+    module = getattr(obj, "__module__", None)
+    if module and hasattr(importlib.import_module(module), name):
+        return f"{module}.{name}"
+    return f"ann2snn.{ann2snn._HOME[name]}.{name}"
+
+
+def api_page() -> str:
+    """docs/api.md: one entry per public name, in `ann2snn.__all__`'s order."""
+    import ann2snn
+
+    names = [n for n in ann2snn.__all__ if n != "__version__"]
+    starts = {start: title for title, start in _API_SECTIONS}
+    lines = [
+        "# API reference",
+        "",
+        "Every name `import ann2snn` gives, documented from its docstring (`ann2snn.convert` is",
+        "defined in `ann2snn.conversion.converter`, and so on). Names one import deeper",
+        "(`ann2snn.conversion.fold_bn`, `ann2snn.simulation.ActivityMonitor`, ...) are described",
+        "in their modules. This page is generated: `python tests/test_docs.py`.",
+    ]
+    for name in names:
+        if name in starts:
+            lines += ["", f"## {starts[name]}"]
+        lines += ["", f"::: {_home(name)}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_api_page_documents_every_public_name():
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert page == api_page(), "docs/api.md is stale: run python tests/test_docs.py"
+
+
+if __name__ == "__main__":  # regenerate docs/api.md
+    (ROOT / "docs" / "api.md").write_text(api_page(), encoding="utf-8")

@@ -150,8 +150,8 @@ def simulate(
         snn: a `SpikingNetwork` from `ann2snn.convert`.
         data: a DataLoader of (x, y), or one ``(x, y)`` pair of tensors.
         T: wake steps (steps with input).
-        sleep, margin: a sleep phase of ``sleep`` input-free steps after every ``margin``
-            wake steps (default: once, after all T).
+        sleep: input-free steps of a sleep phase (CASC; 0: none).
+        margin: a sleep phase after every ``margin`` wake steps (default: once, after all T).
         device: where to run (default: where ``snn`` is).
         max_fold: most samples per forward (steps × batch); default `default_max_fold`.
         dtype: run layers in this dtype (e.g. torch.bfloat16) under autocast; membranes stay fp32.
