@@ -31,7 +31,7 @@ _EXPORTS = {
         "list_activations", "list_neurons", "register_activation", "register_neuron", "reset"),
     "simulation": ("ActivityReport", "Schedule", "SimulationResult", "activity", "compare",
         "run", "simulate"),
-    "training": ("PRESETS", "TrainConfig", "train"),
+    "training": ("PRESETS", "TrainConfig", "finetune", "train"),
 }  # fmt: skip
 
 # The verbs and core types. Everything else is public one import deeper, in its wing
@@ -47,6 +47,7 @@ __all__ = [
     "activity",
     "calibrate",
     "calibrate_noise",
+    "finetune",
     "binarize",
     "export_nir",
     "import_nir",

@@ -302,10 +302,19 @@ def _add_eval(sub: Any) -> None:
     )
     e.add_argument(
         "--calibrate",
-        choices=list(CALIBRATION_METHODS),
-        help="post-conversion calibration on the validation split: 'bias' (per-channel "
-        "bias, Li et al. 2021) or 'offset' (per-channel v(0), Hao et al. 2023); one "
-        "calibrated network per reported T unless --calib-T is given (default: none)",
+        choices=[*CALIBRATION_METHODS, "auto", "offset"],
+        help="post-conversion calibration, one calibrated network per reported T unless "
+        "--calib-T is given: 'potential' (v(0) per neuron, Li et al. 2021) or 'bias' (per "
+        "channel, Li et al. 2021) measured on the validation split; 'cos' (offset spikes, "
+        "Hao et al. 2023: no data, --cos-rho pre-simulation steps per layer, counted in the "
+        "total steps); 'auto' keeps whichever of potential and bias brings the output "
+        "closest to the ANN's on the validation split; 'offset' is the deprecated name of "
+        "potential per channel (default: none)",
+    )
+    e.add_argument(
+        "--cos-rho",
+        type=POS,
+        help="cos: pre-simulation steps per layer, ρ <= T (default: min(4, T))",
     )
     e.add_argument(
         "--calib-batches",
@@ -554,6 +563,7 @@ def _eval(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         calib_T=args.calib_T,
         calib_batches=args.calib_batches,
+        cos_rho=args.cos_rho,
         activity=args.activity,
         activity_batches=args.activity_batches,
         compiled=args.compile_neurons,
@@ -598,7 +608,8 @@ def _eval_folder(args: argparse.Namespace, steps: list[int] | None) -> Path:
         if value:
             parts.append(f"{flag}{value}")
     if args.calibrate:
-        parts.append(args.calibrate + (f"{args.calib_T}" if args.calib_T else ""))
+        rho = f"rho{args.cos_rho}" if args.calibrate == "cos" and args.cos_rho else ""
+        parts.append(args.calibrate + rho + (f"{args.calib_T}" if args.calib_T else ""))
     if args.dtype != "fp32":
         parts.append(args.dtype)
     parts.append("T" + "_".join(map(str, steps or DEFAULT_STEPS)))

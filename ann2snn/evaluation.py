@@ -101,6 +101,10 @@ def evaluate_snn(
         row.update(cost_columns(res.activity))
     if cal_log is not None:
         row["calibration"] = cal_log.as_dict()
+    presim = (snn.config.get("calibration") or {}).get("presim_steps", 0)
+    if presim:  # COS: each layer pre-simulates first; the output comes that much later
+        row["presim_steps"] = presim
+        row["total_steps"] = [n + presim for n in row["total_steps"]]
     return row
 
 
@@ -158,7 +162,7 @@ def evaluate_wake_sleep(
             model, data, neuron, T=t, sleep=sleep, progress=progress, **convert_options
         )
         row["accuracy_by_wake"][str(t)] = r["accuracy_by_wake"][str(t)]
-        row["total_steps_by_wake"][str(t)] = t + sleep
+        row["total_steps_by_wake"][str(t)] = t + sleep + r.get("presim_steps", 0)
         # What the spikes cost (activity=True): this run's figures at its own T.
         for key in (
             "synops_by_wake",
@@ -168,7 +172,13 @@ def evaluate_wake_sleep(
         ):
             if key in r:
                 row.setdefault(key, {})[str(t)] = r[key][str(t)]
-        for key in ("ann_macs", "layer_firing_rates", "energy_model", "activity_images"):
+        for key in (
+            "ann_macs",
+            "layer_firing_rates",
+            "energy_model",
+            "activity_images",
+            "presim_steps",
+        ):
             if key in r:
                 row[key] = r[key]
         row["wall_time"] += r["wall_time"]
@@ -176,7 +186,7 @@ def evaluate_wake_sleep(
         if "calibration" in r:  # post-conversion calibration, one per T
             row.setdefault("calibration_by_wake", {})[str(t)] = r["calibration"]
     # For plots: accuracy against total steps of each separate run.
-    row["total_steps"] = [t + sleep for t in steps]
+    row["total_steps"] = [row["total_steps_by_wake"][str(t)] for t in steps]
     row["accuracy"] = [row["accuracy_by_wake"][str(t)] for t in steps]
     row["T"] = max(steps)
     row["margin"] = None

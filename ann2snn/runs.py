@@ -47,6 +47,7 @@ def evaluate_run(
     calibrate: str | None = None,
     calib_T: int | None = None,
     calib_batches: int = 8,
+    cos_rho: int | None = None,
     activity: bool = False,
     activity_batches: int | None = None,
     compiled: bool = False,
@@ -66,7 +67,7 @@ def evaluate_run(
     ANN's accuracy; a detector's row holds mAP) and ``environment``. A group neuron's τ
     defaults to the ANN's levels; a ReLU network's thresholds come from the validation
     split. ``calibrate`` (a method of `ann2snn.calibrate`) calibrates on the validation
-    split, once per reported T unless ``calib_T`` is given. Under ``torchrun`` each rank
+    split, once per reported T unless ``calib_T`` is given (``cos_rho``: COS's ρ). Under ``torchrun`` each rank
     simulates its share of the test set and the counts are summed. ``trust_code``: see
     `ann2snn.load` (a record naming ``package.module:function`` runs that code).
     """
@@ -108,6 +109,7 @@ def evaluate_run(
             calibrate,
             calib_T,
             calib_batches,
+            cos_rho,
             activity,
             activity_batches,
             compiled,
@@ -172,6 +174,7 @@ def _add_options(
     calibrate: str | None,
     calib_T: int | None,
     calib_batches: int,
+    cos_rho: int | None,
     activity: bool,
     activity_batches: int | None,
     compiled: bool,
@@ -187,6 +190,8 @@ def _add_options(
     if val is None:
         raise ValueError("calibrate needs the validation split; this dataset has none")
     cal = {"method": calibrate, "data": val, "batches": calib_batches}
+    if calibrate == "cos" and cos_rho:
+        cal["rho"] = cos_rho
     options["post_calibration"] = cal | ({"T": calib_T} if calib_T else {})
     return f", {calibrate}-calibrated" + (f" at T={calib_T}" if calib_T else "")
 

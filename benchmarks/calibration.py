@@ -1,15 +1,18 @@
-"""Post-conversion calibration: accuracy at T = 1, 2, 4 before/after each method.
+"""Closing the T ≤ 2 gap: calibration methods and a short spiking fine-tune, per T.
 
-    python benchmarks/calibration.py runs/demo/qcfs runs/demo/nq --T 1,2,4 --batches 8
+    python benchmarks/calibration.py runs/demo/qcfs --T 1,2,4 --batches 8
 
 For every checkpoint (a run folder written by `ann2snn train`): the ANN's test accuracy,
-the IF SNN's at each T as converted, and for each method (`ann2snn.calibrate`: ``bias``,
-``offset``) the SNN calibrated for that T on ``--batches`` batches of the validation
-split, simulated for T steps on the full test split. Calibration time is given in
-seconds and as a fraction of the run's mean epoch time from its record (training +
-evaluation + checkpoint, measured when it was trained). ReLU-trained networks get
-θ = 99.9th percentile on the validation split first (as ``ann2snn eval`` does).
-This file is never imported by the package.
+the IF SNN's at each T as converted, and for each variant the SNN at T on the full test
+split: ``bias``, ``potential`` (per neuron), ``potential-channel``, ``cos``
+(`ann2snn.calibrate`; the first three on ``--batches`` validation batches, COS with
+``--rho`` pre-simulation steps per layer and no data), ``finetune`` (`ann2snn.finetune`
+at that T for ``--ft-epochs`` of the training split), ``finetune+potential``, and the
+control ``ann-extra``: the ANN trained with the same optimizer on the same batches, then
+converted (what the extra training alone buys). Every variant's cost is given in seconds
+and as a fraction of the run's mean epoch time from its record, with its total time
+steps (COS: T + layers·ρ). ReLU-trained networks get θ = 99.9th percentile on the
+validation split first (as ``ann2snn eval`` does). This file is never imported by the package.
 """
 
 from __future__ import annotations
@@ -23,24 +26,31 @@ from typing import Any
 
 import torch
 
-from ann2snn import CalibrationLog, calibrate, convert, load, simulate
+from ann2snn import calibrate, convert, finetune, load, simulate
+from ann2snn.calibration import CalibrationLog
 from ann2snn.data import create_loaders
 from ann2snn.evaluation import ann_accuracy
 from ann2snn.report import environment, write_json
+from ann2snn.training import FinetuneLog
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (ann2snn train)")
     p.add_argument("--T", default="1,2,4")
-    p.add_argument("--methods", default="bias,offset")
+    p.add_argument("--methods", default=",".join(VARIANTS))
     p.add_argument("--batches", type=int, default=8, help="validation batches per calibration")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int)
     p.add_argument("--data-dir", help="where the dataset lives (default: the usual places)")
     p.add_argument(
-        "--rounds", type=int, default=1, help="offset: repeat the pass (calibrate rounds=)"
+        "--rounds", type=int, default=1, help="potential: repeat the pass (calibrate rounds=)"
     )
+    p.add_argument(
+        "--rho", type=int, help="cos: pre-simulation steps per layer (default min(4, T))"
+    )
+    p.add_argument("--ft-epochs", type=float, default=0.2, help="finetune: share of an epoch")
+    p.add_argument("--ft-lr", type=float, default=2e-3, help="finetune: SGD learning rate")
     p.add_argument("--no-guard", action="store_true",
                    help="apply every layer's correction (calibrate(..., guard=False))")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/cpu/calibration.json")
@@ -70,22 +80,68 @@ def evaluate_run(run: str, args: argparse.Namespace) -> dict[str, Any]:
     entry["plain"] = {str(t): plain.accuracy[t - 1] for t in args.T}
     for method in args.methods:
         for t in args.T:
-            log = CalibrationLog(method, t)
             start = time.perf_counter()
-            rounds = {"rounds": args.rounds} if method == "offset" else {}
-            fixed = calibrate(snn, loaders.val, T=t, method=method, batches=args.batches,
-                              guard=not args.no_guard, log=log, **rounds)  # fmt: skip
+            fixed, info = _variant(method, model, snn, loaders, t, args)
             seconds = time.perf_counter() - start
             res = simulate(fixed, loaders.test, t, progress=False)
-            kept = sum(1 for v in log.layers.values() if v.get("kept"))
             entry["methods"][method][str(t)] = {
                 "accuracy": res.accuracy[-1], "seconds": seconds,
                 "fraction_of_epoch": seconds / epoch_s if epoch_s else None,
-                "images": log.images, "layers_kept": kept, "layers": len(log.layers),
+                "total_steps": t + info.pop("presim_steps", 0), **info,
             }  # fmt: skip
-            print(f"{run} {method} T={t}: {100 * res.accuracy[-1]:.2f} ({seconds:.1f} s, "
-                  f"{kept}/{len(log.layers)} layers kept)", file=sys.stderr)  # fmt: skip
+            print(f"{run} {method} T={t}: {100 * res.accuracy[-1]:.2f} ({seconds:.1f} s)",
+                  file=sys.stderr)  # fmt: skip
     return entry
+
+
+VARIANTS = ("bias", "potential", "potential-channel", "cos", "finetune",
+            "finetune+potential", "ann-extra")  # fmt: skip
+
+
+def _variant(name: str, model: Any, snn: Any, loaders: Any, t: int, args: Any) -> tuple:
+    """The network of one variant at ``t`` steps, and what it cost besides seconds."""
+    cal = dict(batches=args.batches, guard=not args.no_guard)
+    if name in ("bias", "potential", "potential-channel"):
+        log = CalibrationLog(name, t)
+        extra = {"granularity": "channel"} if name == "potential-channel" else {}
+        rounds = {"rounds": args.rounds} if name.startswith("potential") else {}
+        method = name.split("-")[0]
+        net = calibrate(snn, loaders.val, t, method, log=log, **cal, **extra, **rounds)
+        kept = sum(1 for v in log.layers.values() if v.get("kept"))
+        return net, {"images": log.images, "layers_kept": kept, "layers": len(log.layers)}
+    if name == "cos":
+        net = calibrate(snn, None, t, "cos", rho=args.rho)
+        return net, {"presim_steps": net.config["calibration"]["presim_steps"], "rho": args.rho}
+    if name.startswith("finetune"):
+        log = FinetuneLog(t)
+        net = finetune(snn, loaders.train, t, epochs=args.ft_epochs, lr=args.ft_lr, log=log)
+        if name == "finetune+potential":
+            net = calibrate(net, loaders.val, t, "potential", **cal)
+        return net, {"images": log.images, "first_loss": log.losses[0], "last_loss": log.losses[-1]}
+    if name == "ann-extra":
+        return convert(_train_ann(model, loaders.train, args), "if"), {}
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+
+
+def _train_ann(model: Any, data: Any, args: Any) -> Any:
+    """The control: the ANN itself, the same SGD on the same number of batches as
+    `finetune` (BatchNorm frozen as there)."""
+    import copy
+    import math
+
+    ann = copy.deepcopy(model).eval()
+    opt = torch.optim.SGD(ann.parameters(), lr=args.ft_lr, momentum=0.9)
+    total, done = max(1, math.ceil(args.ft_epochs * len(data))), 0
+    while done < total:
+        for x, y in data:
+            loss = torch.nn.functional.cross_entropy(ann(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if done >= total:
+                break
+    return ann.eval()
 
 
 def format_table(rows: list[dict[str, Any]], steps: list[int], methods: list[str]) -> str:
@@ -100,7 +156,9 @@ def format_table(rows: list[dict[str, Any]], steps: list[int], methods: list[str
             two = got.get("2", {})
             sec = f"{two['seconds']:.1f}" if two else "—"
             frac = f"{two['fraction_of_epoch']:.2f}" if two.get("fraction_of_epoch") else "—"
-            accs = [f"{100 * got[str(t)]['accuracy']:.2f}" for t in steps]
+            accs = [f"{100 * got[str(t)]['accuracy']:.2f}" + (
+                f" ({got[str(t)]['total_steps']} steps)" if got[str(t)]["total_steps"] != t else ""
+            ) for t in steps]  # fmt: skip
             lines.append("| " + " | ".join(["", "", m] + accs + [sec, frac]) + " |")
     return "\n".join(lines)
 

@@ -234,9 +234,15 @@ def test_ablation_and_calibration_tiny(fmnist, tmp_path):
     run_dir = next(p for p in runs.iterdir() if p.name.endswith("-raw"))
     cal_out = tmp_path / "cal.json"
     result = _main("calibration.py")([str(run_dir), "--T", "1,2", "--batches", "1",
-                                      "--data-dir", str(fmnist), "--out", str(cal_out)])  # fmt: skip
+                                      "--data-dir", str(fmnist), "--out", str(cal_out),
+                                      "--methods", "bias,potential,cos,finetune", "--ft-epochs", "0.1"])  # fmt: skip
     row = json.loads(cal_out.read_text())["rows"][0]
-    assert set(row["plain"]) == {"1", "2"} and set(row["methods"]) == {"bias", "offset"}
+    assert set(row["plain"]) == {"1", "2"} and set(row["methods"]) == {
+        "bias",
+        "potential",
+        "cos",
+        "finetune",
+    }
     for by_t in row["methods"].values():
         assert set(by_t) == {"1", "2"}
         assert all(

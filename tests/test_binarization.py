@@ -110,7 +110,9 @@ def test_group_neuron_becomes_tau_binary_members():
 
 def test_calibrated_network_binarizes_and_keeps_its_offsets():
     model = make_resnet()
-    snn = calibrate(convert(model, "if"), images(32), T=2, method="offset", batches=1, guard=False)
+    snn = calibrate(
+        convert(model, "if"), images(32), T=2, method="potential", batches=1, guard=False
+    )
     x = images(4, seed=2)
     ref, _ = _spikes(snn, x, steps=2)
     got, _ = _spikes(binarize(snn, x), x, steps=2)

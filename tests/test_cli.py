@@ -452,22 +452,34 @@ def test_train_nq_calibrates_sigma_per_layer(data_dir, tmp_path, capsys):
 
 
 def test_eval_calibrate_records_one_calibration_per_T(run_dir, data_dir, tmp_path, capsys):
-    report = _eval_json(run_dir, data_dir, tmp_path / "k", "--T", "1,2", "--calibrate", "offset",
+    report = _eval_json(run_dir, data_dir, tmp_path / "k", "--T", "1,2", "--calibrate", "potential",
                         "--calib-batches", "2", capsys=capsys)  # fmt: skip
     row = report["rows"][0]
-    assert "offset-calibrated" in row["label"]
+    assert "potential-calibrated" in row["label"]
     cal = row["calibration_by_wake"]
-    assert set(cal) == {"1", "2"} and cal["2"]["T"] == 2 and cal["2"]["method"] == "offset"
+    assert set(cal) == {"1", "2"} and cal["2"]["T"] == 2 and cal["2"]["method"] == "potential"
     assert cal["1"]["images"] > 0 and cal["1"]["layers"]
     # Once, at one T, for every reported step in one run.
     once = _eval_json(run_dir, data_dir, tmp_path / "o", "--T", "1,2", "--calibrate", "bias",
                       "--calib-T", "2", "--calib-batches", "1", capsys=capsys)["rows"][0]  # fmt: skip
     assert once["calibration"]["T"] == 2 and set(once["accuracy_by_wake"]) == {"1", "2"}
+    # COS: the pre-simulation steps are in the totals (T + layers·ρ, ρ = min(4, T)).
+    cos = _eval_json(run_dir, data_dir, tmp_path / "c", "--T", "1,2", "--calibrate", "cos",
+                     "--cos-rho", "1", capsys=capsys)  # fmt: skip
+    presim = cos["rows"][0]["presim_steps"]  # ρ = 1 per layer
+    assert presim > 0 and cos["rows"][0]["total_steps_by_wake"] == {
+        "1": 1 + presim,
+        "2": 2 + presim,
+    }
+    # auto: the candidate closest to the ANN on the validation split.
+    auto = _eval_json(run_dir, data_dir, tmp_path / "a", "--T", "2", "--calibrate", "auto",
+                      "--calib-batches", "1", capsys=capsys)["rows"][0]  # fmt: skip
+    assert set(auto["calibration"]["candidates"]) == {"potential", "bias"}
     # A user's mistake is one line, naming the allowed methods.
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(run_dir), "--calibrate", "magic"])
     assert exc.value.code == 2
-    assert "choose from 'bias', 'offset'" in capsys.readouterr().err
+    assert "choose from 'bias', 'potential', 'cos', 'auto', 'offset'" in capsys.readouterr().err
 
 
 def test_export_writes_nir_onnx_and_torch(run_dir, tmp_path, capsys):

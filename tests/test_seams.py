@@ -273,7 +273,7 @@ def test_synops_equal_a_brute_force_count_at_the_layers_that_read_spikes(spec, n
 
 
 @SEAMS
-@given(specs(maxpool=False), st.sampled_from(["bias", "offset"]))
+@given(specs(maxpool=False), st.sampled_from(["bias", "potential"]))
 def test_calibrate_leaves_a_network_without_a_gap_unchanged(spec, method):
     model, x = build(spec)
     snn = convert(model, "gn", tau=spec.levels)  # exact at T = 1: the gap is zero
@@ -329,11 +329,11 @@ def test_calibrate_measures_on_the_schedule_it_is_given(monkeypatch):
     monkeypatch.setattr(post_conversion, "spike_rates", lambda net, x, s, *a: seen.append(s) or real(net, x, s, *a))  # fmt: skip
     model, x = build(Spec(1, 4, (("conv", False),), False, 4, 3))
     snn = convert(model, "cif")
-    calibrate(snn, x, T=4, method="offset", batches=1, sleep=8, margin=2)
+    calibrate(snn, x, T=4, method="potential", batches=1, sleep=8, margin=2)
     assert seen and all(s == ann2snn.Schedule(4, 8, 2) for s in seen)
     seen.clear()
     from ann2snn.evaluation import evaluate_snn
 
     evaluate_snn(model, [(x, torch.zeros(3, dtype=torch.long))], "cif", T=4, sleep=8, margin=2,
-                 progress=False, post_calibration={"method": "offset", "data": x, "batches": 1})  # fmt: skip
+                 progress=False, post_calibration={"method": "potential", "data": x, "batches": 1})  # fmt: skip
     assert seen and all(s == ann2snn.Schedule(4, 8, 2) for s in seen)

@@ -1,25 +1,34 @@
 """Post-conversion calibration: close the low-T gap with a few hundred images, no training.
 
-At T = 1–2 an IF network's firing rates miss the ANN's activations by a systematic,
-per-channel amount: a neuron whose ANN value needs k spikes gets k − 1 or k + 1 at the
-target T (the "offset spike", Hao et al., ICLR 2023), and the error of one layer shifts
-the input of the next (Li et al., ICML 2021). `calibrate` measures that gap on
-calibration images (the validation split) and removes its mean, layer by layer from
-the first, so later layers are calibrated on the already corrected outputs:
+At T = 1–2 an IF network's firing rates miss the ANN's activations by a systematic amount:
+a neuron whose ANN value needs k spikes gets k − 1 or k + 1 at the target T (the "offset
+spike", Hao et al., AAAI 2023), and the error of one layer shifts the input of the next
+(Li et al., ICML 2021). Three methods, each its paper's:
 
-* ``method="bias"``   (Li et al., 2021, bias calibration): per channel, the mean gap
-  E[a_ANN − r_SNN] is added to the bias of the layer that feeds the neuron (the conv,
-  linear or BatchNorm before it, through residual additions). A constant current: it
-  shifts the rate at every T, the network's structure is unchanged.
-* ``method="offset"`` (Hao et al., 2023, offset spikes): per channel, the initial
-  membrane v(0) is shifted by T·E[a_ANN − r_SNN] — the missing charge of T steps, i.e.
-  the mean offset in spikes times θ. Tuned for the T it was measured at.
+* ``method="bias"`` — Li et al. 2021, *bias calibration*: per channel, the mean gap
+  E[a_ANN − r_SNN] over calibration images is added to the bias of the layer that feeds
+  the neuron (the conv, linear or BatchNorm before it, through residual additions).
+  Measured on data, offline; a constant current that shifts the rate at every T.
+* ``method="potential"`` — Li et al. 2021, *potential calibration*: the initial membrane
+  v(0) is shifted by T·E[a_ANN − r_SNN], the charge T steps missed, per neuron (Li's
+  formulation, ``granularity="neuron"``) or per channel (``"channel"``). Measured on data,
+  offline, tuned for the T it was measured at. (``method="offset"``, the name this had
+  before, is a deprecated alias of ``potential`` per channel.)
+* ``method="cos"`` — Hao et al. 2023, *calibrating offset spikes*: no data; at inference,
+  per sample and per neuron, each IF layer first pre-simulates ρ steps on its input,
+  reads from its residual membrane whether it fired one spike too many (v < 0 after
+  firing) or one too few (v ≥ θ), shifts its v(0) by at least one θ accordingly, and then
+  runs its T steps from the start. It costs ρ extra steps per layer: the output of a
+  network of L layers is ready after T + L·ρ steps, and every table reports that total.
 
-Here a_ANN is the ANN activation the neuron replaced (the QCFS/ReLU output of the same
-graph run as the ANN, clipped to what the neuron can emit, [0, θ]) and r_SNN the neuron's
-emitted value averaged over the T wake steps. The result is an ordinary network of the
-same neurons (a bias or a v(0) per channel), so it simulates, exports and binarizes
-like any other. Cost per layer: ``batches`` × (one ANN pass + one T-step SNN pass).
+``bias`` and ``potential`` work layer by layer from the first, so later layers are measured
+on the already corrected outputs; a layer's correction is kept only if it brings the
+network's output closer to the ANN's (``guard``). Here a_ANN is the ANN activation the
+neuron replaced (clipped to what the neuron can emit, [0, θ]) and r_SNN the neuron's emitted
+value averaged over the T wake steps. Cost: ``batches`` × (one ANN pass + one T-step SNN
+pass) per layer. The result is an ordinary network of the same neurons (a bias, a v(0) per
+channel or neuron, or a pre-simulation length), so it simulates and binarizes like any
+other; NIR and ONNX exports refuse a COS network (its pre-simulation is not a graph op).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import copy
 import operator
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,13 +47,27 @@ from torch import Tensor, fx, nn
 from .._util import positive_int
 from ..conversion.thresholds import iter_inputs
 from ..nn.network import SpikingNetwork, device_of, eval_mode
-from ..nn.neurons import SpikingNeuron
+from ..nn.neurons import IFNeuron, SpikingNeuron
 from ..simulation import Schedule, ann_activations, default_max_fold, spike_rates
 
-__all__ = ["calibrate", "layer_gaps", "CALIBRATION_METHODS", "CalibrationLog"]
+__all__ = [
+    "calibrate",
+    "layer_gaps",
+    "CALIBRATION_METHODS",
+    "AUTO_CANDIDATES",
+    "GRANULARITIES",
+    "CalibrationLog",
+]
 
 #: Post-conversion calibration methods accepted by `calibrate` (and ``eval --calibrate``).
-CALIBRATION_METHODS = ("bias", "offset")
+CALIBRATION_METHODS = ("bias", "potential", "cos")
+#: What one correction covers: every neuron, every channel, or the whole layer.
+GRANULARITIES = ("neuron", "channel", "layer")
+#: What ``method="auto"`` tries (the methods that add no time step), keeping the one whose
+#: output is closest to the ANN's on the calibration data.
+AUTO_CANDIDATES = ("potential", "bias")
+# Old names that still work, with a DeprecationWarning: name → (method, granularity).
+_ALIASES = {"offset": ("potential", "channel")}
 
 # Layers whose per-output-channel bias can take the correction (their output is affine in
 # the bias); additions pass it through to their first operand.
@@ -61,23 +85,33 @@ class CalibrationLog:
     images: int = 0
     seconds: float = 0.0
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Squared error of the calibrated network's output to the ANN's (calibration data).
+    output_mse: float | None = None
+    #: ``method="auto"``: each candidate's output error; the lowest was kept.
+    candidates: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "method": self.method,
             "T": self.T,
             "images": self.images,
             "seconds": self.seconds,
             "layers": self.layers,
+            "output_mse": self.output_mse,
         }
+        return out | ({"candidates": self.candidates} if self.candidates else {})
 
 
-def _channel_mean(t: Tensor) -> Tensor:
-    """Mean over every dim but the channel dim 1: ``[N, C, ...]`` → ``[C]``; a 1-d
-    ``[N]`` gives a 0-dim mean."""
-    if t.dim() < 2:
-        return t.float().mean()
-    return t.float().transpose(0, 1).reshape(t.shape[1], -1).mean(1)
+def _mean(t: Tensor, granularity: str = "channel") -> Tensor:
+    """The mean over the batch ``[N, C, ...]`` kept at ``granularity``: ``"neuron"`` →
+    ``[C, ...]``; ``"channel"`` → ``[C]`` (the mean over every dim but 1); ``"layer"`` →
+    0-dim. A 1-d ``[N]`` gives a 0-dim mean."""
+    t = t.float()
+    if t.dim() < 2 or granularity == "layer":
+        return t.mean()
+    if granularity == "neuron":
+        return t.mean(0)
+    return t.transpose(0, 1).reshape(t.shape[1], -1).mean(1)
 
 
 def _feeding_layer(body: nn.Module, neuron_name: str) -> nn.Module | None:
@@ -120,7 +154,7 @@ class _Reference:
     output ``[B, out...]``. Means are linear, so E[a − r] = E[a] − E[r] needs no stored
     activation maps."""
 
-    def __init__(self, ref: SpikingNetwork, inputs: list[Tensor]):
+    def __init__(self, ref: SpikingNetwork, inputs: list[Tensor], granularity: str = "channel"):
         self.means: list[dict[str, Tensor]] = []  # per batch: layer → E[a] per channel
         self.outputs: list[Tensor] = []
         self.ranks: dict[str, int] = {}
@@ -130,11 +164,12 @@ class _Reference:
             self.outputs.append(out)  # [B, out...]
             self.means.append(
                 {
-                    name: _channel_mean(torch.minimum(a.clamp_min(0), thresholds[name]))
+                    name: _mean(torch.minimum(a.clamp_min(0), thresholds[name]), granularity)
                     for name, a in acts.items()
                 }
             )
             self.ranks.update({name: a.dim() for name, a in acts.items()})
+        self.granularity = granularity
 
 
 def _measure(
@@ -154,7 +189,8 @@ def _measure(
         rates, snn_out = spike_rates(net, x, schedule, max_fold)
         mse += float((ann_out - snn_out).square().mean())
         for name, rate in rates.items():  # rate: [B, C, ...] mean emitted value
-            gaps[name] = gaps.get(name, 0) + (ann_means[name] - _channel_mean(rate))
+            gap = ann_means[name] - _mean(rate, reference.granularity)
+            gaps[name] = gaps.get(name, 0) + gap
     return {k: v / len(inputs) for k, v in gaps.items()}, mse / len(inputs)
 
 
@@ -191,10 +227,11 @@ def _apply(
     if method == "bias":
         _add_bias(feeding, gap)
         return lambda: _add_bias(feeding, -gap)
-    # T·gap: the charge T steps missed; shaped to broadcast over one step's [B, C, …].
+    # T·gap: the charge T steps missed; shaped to broadcast over one step's [B, C, …]:
+    # per neuron [C, ...] as it is, per channel [C] → [C, 1, ...], per layer 0-dim.
     shift = (T * gap).to(neuron.threshold.device)
-    if shift.dim():
-        shift = shift.reshape((-1,) + (1,) * max(rank - 2, 0))
+    if shift.dim() == 1 and rank > 2:
+        shift = shift.reshape((-1,) + (1,) * (rank - 2))
     old = neuron.v_offset
     neuron.v_offset = shift if old is None else old + shift
 
@@ -204,7 +241,7 @@ def _apply(
     return undo
 
 
-def _check_args(snn: Any, method: str, T: int, batches: int, rounds: int) -> None:
+def _check_args(snn: Any, method: str, granularity: str, T: int, batches: int, rounds: int) -> None:
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(
             "calibrate: snn must be a SpikingNetwork (from ann2snn.convert), got "
@@ -214,68 +251,90 @@ def _check_args(snn: Any, method: str, T: int, batches: int, rounds: int) -> Non
         raise ValueError(
             f"calibrate: method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}"
         )
+    if granularity not in GRANULARITIES or (method == "bias" and granularity == "neuron"):
+        allowed = GRANULARITIES[1:] if method == "bias" else GRANULARITIES
+        raise ValueError(
+            f"calibrate: granularity for method {method!r} must be one of "
+            f"{', '.join(allowed)} (a bias is per output channel), got {granularity!r}"
+        )
     positive_int("T", T)
     positive_int("batches", batches)
     if (snn.config.get("calibration") or {}).get("method") == "bias":
         # Its ANN pass runs through the shifted biases: targets would move with them.
         raise ValueError(
             "calibrate: this network already carries a bias calibration; calibrate the "
-            "network ann2snn.convert returned (method 'offset' can be applied on top)"
+            "network ann2snn.convert returned (method 'potential' can be applied on top)"
         )
     positive_int("rounds", rounds)
 
 
 def calibrate(
     snn: SpikingNetwork,
-    data: Iterable | Tensor,
+    data: Iterable | Tensor | None,
     T: int,
-    method: str = "bias",
+    method: str = "potential",
     batches: int = 8,
     sleep: int = 0,
-    per_channel: bool = True,
+    per_channel: bool | None = None,
     guard: bool = True,
     log: CalibrationLog | None = None,
     rounds: int = 1,
     margin: int | None = None,
+    *,
+    granularity: str | None = None,
+    rho: int | None = None,
 ) -> SpikingNetwork:
     """A calibrated copy of ``snn`` for ``T`` wake steps (``snn`` is not changed).
 
     Args:
-        snn: a converted network (`ann2snn.convert`), any neuron type.
+        snn: a converted network (`ann2snn.convert`), any neuron type (``"cos"``: IF).
         data: calibration images — the validation split (a DataLoader of (x, y)), never
-            the test split — or a tensor ``[B, ...]``.
+            the test split — or a tensor ``[B, ...]``; ``"cos"`` needs none (None).
         T: the wake steps the network will run at (the gap is measured there).
-        method: ``"bias"`` (a per-channel bias on the layer feeding each neuron) or
-            ``"offset"`` (a per-channel shift of each neuron's v(0)); see the module doc.
+        method: ``"potential"`` (v(0) shifted by the charge T steps missed; Li et al. 2021),
+            ``"bias"`` (a per-channel bias on the layer feeding each neuron; Li et al. 2021)
+            or ``"cos"`` (offset spikes detected and removed per sample at inference, ρ
+            extra steps per layer; Hao et al. 2023); see the module doc. ``"potential"`` is
+            the default: on the demo CNN and a 10-epoch ResNet-20 it beat ``"bias"`` at
+            T = 1 and 2 without adding a step (docs/benchmarks.md §9).
         batches: how many batches of ``data`` to measure each layer on.
         sleep: sleep steps after the wake steps (consistent IF); the rate stays per wake
             step.
-        per_channel: False measures and corrects one scalar per layer.
+        per_channel: deprecated; False is ``granularity="layer"``.
         guard: keep a layer's correction only if it lowers the squared error of the
             network's output to the ANN's output on the calibration batches (costs one
             more simulation per layer); False applies every correction.
         log: a `CalibrationLog` to fill (per-layer gaps, images, seconds).
-        rounds: ``"offset"`` only: repeat the whole layer-by-layer pass this many times,
-            each on the result of the last (what one linearised step left is measured
-            and removed again).
+        rounds: ``"potential"`` only: repeat the whole layer-by-layer pass this many
+            times, each on the result of the last.
         margin: a sleep phase after every ``margin`` wake steps (the schedule of
             `ann2snn.simulate`'s ``margin``): calibrate on the schedule the network will
             run on.
+        granularity: what one correction covers: ``"neuron"`` (default for potential, as
+            Li et al.), ``"channel"`` (default for bias) or ``"layer"``.
+        rho: ``"cos"``: pre-simulation steps per layer, ρ ≤ T (default min(4, T)): a layer
+            pre-simulates on the first ρ of the T inputs it receives.
 
     GN with τ = L at T = 1 and CIF with T = Q and enough sleep are exact already: their
     measured gap is zero and calibration leaves them as they are.
     """
-    _check_args(snn, method, T, batches, rounds)
+    if method == "auto":
+        return _best_of(AUTO_CANDIDATES, snn, data, T, batches, sleep, guard, log, margin)
+    method, granularity = _resolve_method(method, granularity, per_channel)
+    _check_args(snn, method, granularity, T, batches, rounds)
+    if method != "cos" and data is None:
+        raise ValueError(f"calibrate: method {method!r} needs calibration data, got None")
+    if method == "cos":
+        return _offset_spike_calibrated(snn, T, rho, log)
     if rounds > 1:
-        if method != "offset":
+        if method != "potential":
             raise ValueError(
-                "calibrate: rounds > 1 needs method='offset' (a bias calibration is measured "
-                f"against the network as converted), got method={method!r}"
+                "calibrate: rounds > 1 needs method='potential' (a bias calibration is "
+                f"measured against the network as converted), got method={method!r}"
             )
         for _ in range(rounds - 1):
-            snn = calibrate(
-                snn, data, T, method, batches, sleep, per_channel, guard, log, margin=margin
-            )
+            snn = calibrate(snn, data, T, method, batches, sleep, None, guard, log,
+                            margin=margin, granularity=granularity)  # fmt: skip
     schedule = Schedule(T, sleep, margin)
     net = copy.deepcopy(snn)
     dev = device_of(net)
@@ -287,7 +346,7 @@ def calibrate(
     start = time.perf_counter()
     max_fold = default_max_fold(dev)
     with eval_mode(net, snn), torch.no_grad():
-        reference = _Reference(snn, inputs)
+        reference = _Reference(snn, inputs, granularity)
         # One simulation measures every layer: the gaps of the layers still to come and
         # the output error, before and (with the guard) after each layer's correction.
         gaps, mse = _measure(reference, net, inputs, schedule, max_fold)
@@ -297,9 +356,9 @@ def calibrate(
                 raise ValueError(
                     f"calibrate: method 'bias' needs a conv, linear or BatchNorm layer feeding "
                     f"neuron {name!r} (through additions only, read by nothing else); use "
-                    "method='offset' for this network"
+                    "method='potential' for this network"
                 )
-            gap = gaps[name] if per_channel else gaps[name].mean()
+            gap = gaps[name]
             theta = float(neuron.threshold)
             entry = {
                 "mean_abs_gap_over_theta": float(gap.abs().mean()) / theta,
@@ -321,11 +380,106 @@ def calibrate(
                 undo()
             log.layers[name] = entry
     log.seconds = time.perf_counter() - start
+    log.output_mse = mse
     previous = net.config.get("calibration")
     net.config = {
         **net.config,
-        "calibration": {"method": method, "T": T, "images": log.images, "per_channel": per_channel},
+        "calibration": {
+            "method": method,
+            "T": T,
+            "images": log.images,
+            "granularity": granularity,
+        },
     }
     if previous:
         net.config["calibration"]["after"] = previous
+    return net
+
+
+def _resolve_method(
+    method: str, granularity: str | None, per_channel: bool | None
+) -> tuple[str, str]:
+    """(method, granularity) from the arguments, old names included (with a warning)."""
+    if method in _ALIASES:
+        new, default = _ALIASES[method]
+        warnings.warn(
+            f"calibrate: method={method!r} is deprecated; it is method={new!r} with "
+            f"granularity={default!r} (Li et al. 2021's potential calibration, per channel)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        method, granularity = new, granularity or default
+    if per_channel is not None:
+        warnings.warn(
+            "calibrate: per_channel is deprecated; use granularity='channel' or 'layer'",
+            FutureWarning,
+            stacklevel=3,
+        )
+        granularity = granularity or ("channel" if per_channel else "layer")
+    return method, granularity or ("neuron" if method == "potential" else "channel")
+
+
+def _offset_spike_calibrated(
+    snn: SpikingNetwork, T: int, rho: int | None, log: CalibrationLog | None
+) -> SpikingNetwork:
+    """COS: a copy whose IF neurons pre-simulate ``rho`` steps per sample (no data)."""
+    rho = min(4, T) if rho is None else positive_int("rho", rho)
+    if rho > T:
+        raise ValueError(
+            f"calibrate: method 'cos' pre-simulates each layer on the first rho of the T "
+            f"inputs it receives, so rho <= T; got rho={rho}, T={T}"
+        )
+    layers = list(snn.spiking_layers())
+    if not layers or any(type(n).kernel is not IFNeuron.kernel for _, n in layers):
+        kinds = sorted({type(n).__name__ for _, n in layers}) or ["none"]
+        raise ValueError(
+            "calibrate: method 'cos' detects offset spikes of IF neurons (reset by "
+            f"subtraction, one spike per step); this network's neurons are {', '.join(kinds)}"
+        )
+    net = copy.deepcopy(snn)
+    for _, neuron in net.spiking_layers():
+        neuron.presim = rho
+    if log is not None:
+        log.method, log.T, log.images, log.seconds = "cos", T, 0, 0.0
+    net.config = {
+        **net.config,
+        # The output of L layers is ready after T + L·ρ steps: each layer pre-simulates
+        # ρ steps of its input before its first real step.
+        "calibration": {"method": "cos", "T": T, "rho": rho, "presim_steps": len(layers) * rho},
+    }
+    return net
+
+
+def _best_of(
+    methods: tuple[str, ...],
+    snn: SpikingNetwork,
+    data: Any,
+    T: int,
+    batches: int,
+    sleep: int,
+    guard: bool,
+    log: CalibrationLog | None,
+    margin: int | None,
+) -> SpikingNetwork:
+    """``method="auto"``: calibrate with each of ``methods`` (those a network's layers
+    allow) and keep the result whose output is closest to the ANN's."""
+    start = time.perf_counter()
+    results: dict[str, tuple[SpikingNetwork, CalibrationLog]] = {}
+    for method in methods:
+        trial = CalibrationLog(method, T)
+        try:
+            net = calibrate(snn, data, T, method, batches, sleep, guard=guard, log=trial,
+                            margin=margin)  # fmt: skip
+        except ValueError:  # e.g. no biased layer in front of a neuron: not a candidate
+            continue
+        results[method] = (net, trial)
+    if not results:
+        raise ValueError(f"calibrate: none of {', '.join(methods)} applies to this network")
+    best = min(results, key=lambda m: results[m][1].output_mse)
+    net, trial = results[best]
+    if log is not None:
+        log.__dict__.update(trial.__dict__)
+        log.candidates = {m: r[1].output_mse for m, r in results.items()}
+        log.seconds = time.perf_counter() - start
+    net.config["calibration"]["chosen_by"] = "auto"
     return net

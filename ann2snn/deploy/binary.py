@@ -34,7 +34,14 @@ from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, GroupNeuron, IFNeuron, SpikingNeuron
 from ..nn.state import state_tensor
 
-__all__ = ["binarize", "SpikeScale", "MemberExpand", "MemberSum", "is_binarized"]
+__all__ = [
+    "refuse_presimulation",
+    "binarize",
+    "SpikeScale",
+    "MemberExpand",
+    "MemberSum",
+    "is_binarized",
+]
 
 
 class SpikeScale(nn.Module):
@@ -78,6 +85,19 @@ class MemberSum(nn.Module):
 
     def extra_repr(self) -> str:
         return f"members={self.members}"
+
+
+def refuse_presimulation(snn: nn.Module, fmt: str) -> None:
+    """Exports cannot say COS's per-sample pre-simulation (a data-dependent v(0)): refuse
+    a network calibrated with ``method="cos"`` by name instead of writing a different one."""
+    layers = [name for name, m in snn.named_modules() if getattr(m, "presim", 0)]
+    if layers:
+        raise ValueError(
+            f"{fmt} export: this network uses offset-spike calibration (COS: {len(layers)} "
+            f"layers pre-simulate {snn.get_submodule(layers[0]).presim} steps "
+            "per sample before running), which no exported graph can express; export the "
+            "network before calibrate(..., method='cos'), or calibrate with 'potential'"
+        )
 
 
 def is_binarized(net: nn.Module) -> bool:

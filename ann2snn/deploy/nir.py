@@ -31,7 +31,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .._io import check_free_space, staged_output
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, IFNeuron, SpikingNeuron
-from .binary import MemberExpand, MemberSum, SpikeScale, binarize, is_binarized
+from .binary import (
+    MemberExpand,
+    MemberSum,
+    SpikeScale,
+    binarize,
+    is_binarized,
+    refuse_presimulation,
+)
 
 __all__ = ["export_nir", "import_nir", "NIRExportError"]
 
@@ -247,6 +254,7 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
         metadata under ``ann2snn.reader_losses``).
     """
     nir = _nir()
+    refuse_presimulation(snn, "NIR")
     net = snn if is_binarized(snn) else binarize(snn, example)
     gm = net.body
     net.reset()

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .._io import staged_output
 from .._util import positive_int
 from ..nn.network import SpikingNetwork
-from .binary import binarize, is_binarized
+from .binary import binarize, is_binarized, refuse_presimulation
 
 __all__ = ["Unrolled", "export_onnx", "export_program", "EXPORT_FORMATS"]
 
@@ -61,6 +61,7 @@ MAX_UNROLLED_T = 1024
 
 def _prepared(snn: SpikingNetwork, example: Tensor, T: int, time_input: bool, binary: bool):
     positive_int("T", T)
+    refuse_presimulation(snn, "ONNX/torch.export")
     if T > MAX_UNROLLED_T:
         raise ValueError(
             f"T={T}: an ONNX or torch.export graph unrolls every step, at most "

@@ -116,6 +116,9 @@ class SpikingNeuron(Stateful):
         if compiled and (why := compile_unavailable(self.threshold.device)):
             raise RuntimeError(why)
         self.compiled = bool(compiled)
+        # Offset-spike calibration (COS, `ann2snn.calibrate(..., method="cos")`): pre-simulate
+        # this many steps on a fresh state's first inputs and shift v(0) before the real run.
+        self.presim = 0
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A calibrated network's state dict loads into a freshly converted one (and back):
@@ -198,6 +201,12 @@ class SpikingNeuron(Stateful):
 
         ``out``, if given, receives the result (a slot of a preallocated ``[T, B, ...]``).
         """
+        if self.presim and self.v is None:
+            raise RuntimeError(
+                f"{type(self).__name__} with offset-spike calibration (presim={self.presim}) "
+                "needs its first inputs at once: run the network time-major, snn(x_seq) with "
+                f"x_seq [T >= {self.presim}, B, ...] (ann2snn.simulate and run do)"
+            )
         with torch.no_grad():  # hard thresholds: the dynamics carry no gradient
             return self._step(x, out)
 
@@ -230,9 +239,47 @@ class SpikingNeuron(Stateful):
     def multi_step(self, x_seq: Tensor) -> Tensor:
         """``[T, B, ...]`` → ``[T, B, ...]``, looping `step` over time."""
         out = torch.empty_like(x_seq)
+        if self.presim and self.v is None:
+            with torch.no_grad():
+                self._start_offset_calibrated(x_seq)
         for t in range(x_seq.shape[0]):
             self.step(x_seq[t], out=out[t])
         return out
+
+    def _start_offset_calibrated(self, x_seq: Tensor) -> None:
+        """COS (Hao et al. 2023): pre-simulate `presim` = ρ steps of ``x_seq`` ``[T, B, ...]``
+        from v(0), then set v(0) per sample and neuron: one spike too many (fired, and the
+        residual v < 0) lowers it by max(θ, lowest firing membrane − 0.999θ), one too few
+        (residual v ≥ θ) raises it by max(θ, 1.001θ − highest silent membrane). The real
+        steps then run from t = 0 on the same inputs."""
+        rho = self.presim
+        if x_seq.shape[0] < rho:
+            raise RuntimeError(
+                f"offset-spike calibration pre-simulates {rho} steps but the first call "
+                f"brought {x_seq.shape[0]}; pass at least {rho} steps in the first call "
+                "(a smaller batch lets ann2snn.simulate fold more steps per call)"
+            )
+        theta = self.threshold
+        self.init_state(x_seq[0])
+        start = self.v.clone()  # v(0): [B, ...]
+        emitted = torch.empty_like(self.v)
+        lowest = torch.full_like(self.v, float("inf"))  # lowest membrane that fired
+        highest = torch.full_like(self.v, -float("inf"))  # highest membrane that did not
+        fired_any = torch.zeros_like(self.v, dtype=torch.bool)
+        for t in range(rho):
+            self.begin_step()
+            type(self).kernel(self.v, x_seq[t], emitted, *self.kernel_args())
+            self.end_step()
+            fired = emitted > 0
+            lowest = torch.where(fired, torch.minimum(lowest, self.v + emitted), lowest)
+            highest = torch.where(fired, highest, torch.maximum(highest, self.v))
+            fired_any |= fired
+        too_many = fired_any & (self.v < 0)
+        too_few = self.v >= theta
+        down = torch.clamp(lowest - 0.999 * theta, min=theta).nan_to_num(posinf=theta.item())
+        up = torch.clamp(1.001 * theta - highest, min=theta).nan_to_num(posinf=theta.item())
+        shift = torch.where(too_few, up, torch.where(too_many, -down, torch.zeros_like(up)))
+        self.v = start + shift
 
     def ann_forward(self, x: Tensor) -> Tensor:
         """The ANN activation this neuron replaced (set inside a converted network)."""

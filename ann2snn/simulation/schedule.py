@@ -95,6 +95,8 @@ def run_schedule(
 ) -> Iterator[Tensor]:
     """Yield the network's per-step outputs ``[n, B, out...]`` chunk by chunk."""
     chunk = _chunk_steps(x.shape[0], max_fold)
+    # COS layers pre-simulate on their first ρ inputs: the first call brings them all.
+    chunk = max(chunk, int((snn.config.get("calibration") or {}).get("rho") or 0))
     for phase in schedule.phases():
         for start in range(0, phase.steps, chunk):
             n = min(chunk, phase.steps - start)

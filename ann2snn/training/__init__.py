@@ -8,12 +8,16 @@ and ``lock`` keep a run safe to interrupt and to spread over processes.
 """
 
 from .config import PRESETS, TrainConfig
+from .finetune import FinetuneLog, SurrogateIF, finetune
 from .loop import train
 from .setup import Placement, TrainingSetup, prepare_training
 from .steps import Scores, evaluate, lr_at, param_groups, seed_everything, train_one_epoch
 
 __all__ = [
     "train",
+    "finetune",
+    "FinetuneLog",
+    "SurrogateIF",
     "TrainConfig",
     "PRESETS",
     "train_one_epoch",
