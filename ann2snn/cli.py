@@ -1,4 +1,5 @@
-"""Command-line interface: ``ann2snn train | eval | check | demo``, thin over the library."""
+"""Command-line interface: ``ann2snn train | eval | finetune | export | check | demo``, thin
+over the library."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     p.add_argument("--version", action="version", version=f"ann2snn {VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_export, _add_check, _add_demo):
+    for add in (_add_train, _add_eval, _add_finetune, _add_export, _add_check, _add_demo):
         add(sub)
     return p
 
@@ -345,6 +346,60 @@ def _add_eval(sub: Any) -> None:
         help="allow a run whose record names package.module:function to import and call it "
         "(only for runs you trust)",
     )
+
+
+def _add_finetune(sub: Any) -> None:
+    f = sub.add_parser(
+        "finetune",
+        formatter_class=_Help,
+        help="train the converted IF network itself through T steps (surrogate gradient)",
+        description="Convert a trained QCFS/NQ run to IF neurons, train the SNN through its T "
+        "steps on the run's training split (BPTT, a rectangular surrogate gradient, weights "
+        "and thresholds, BatchNorm frozen) and save it as a run folder of its own, which "
+        "`ann2snn eval OUT --neuron if` simulates. Nothing is written until it is done.",
+        epilog=_examples(
+            "ann2snn finetune runs/cnn --T 2 --epochs 0.2 --out runs/cnn-ft2",
+            "ann2snn eval runs/cnn-ft2 --neuron if --T 1,2,4",
+        ),
+    )
+    f.add_argument("checkpoint", help="run folder or .json/.safetensors checkpoint")
+    f.add_argument("--T", type=POS, required=True, help="time steps the SNN is trained at")
+    f.add_argument(
+        "--epochs",
+        type=_positive_float,
+        default=0.2,
+        help="passes over the training split (a fraction trains on that share)",
+    )
+    f.add_argument("--lr", type=_positive_float, default=2e-3, help="SGD learning rate")
+    f.add_argument("--out", required=True, help="new run folder (never an existing run)")
+    f.add_argument("--data-dir", help="where the dataset lives (default: as for train)")
+    f.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    f.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run whose record names package.module:function to import and call it "
+        "(only for runs you trust)",
+    )
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .runs import finetune_run
+
+    out, entry = finetune_run(
+        args.checkpoint,
+        args.out,
+        args.T,
+        args.epochs,
+        args.lr,
+        data_dir=args.data_dir,
+        device=args.device,
+        trust_code=args.trust_code,
+    )
+    print(
+        f"finetune: {entry['images']:,} images at T={entry['T']} in {entry['seconds']:.1f} s, "
+        f"loss {entry['loss_first']:.3f} -> {entry['loss_last']:.3f}\nrun: {out}"
+    )
+    return 0
 
 
 def _add_export(sub: Any) -> None:
@@ -739,6 +794,8 @@ _DISK_ADVICE = {
     "eval": "the run folder is untouched; free space, or write the report elsewhere with --out",
     "export": "no file was replaced (exports are written whole or not at all); free space or "
     "choose another --out",
+    "finetune": "the source run is untouched and no partial run was written; free space or "
+    "choose another --out, then run the same command",
 }
 
 
@@ -765,7 +822,14 @@ def main(argv: list[str] | None = None) -> int:
     ``--debug`` shows the traceback instead. Ctrl-C exits 130 with one line.
     """
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "check": _check, "demo": _demo, "export": _export}
+    handlers = {
+        "train": _train,
+        "eval": _eval,
+        "finetune": _finetune,
+        "check": _check,
+        "demo": _demo,
+        "export": _export,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from .evaluation import ann_accuracy, evaluate_snn, evaluate_wake_sleep
 from .methods import needs_threshold_data, neuron_options
 from .training.distributed import ShardedLoader, all_sum, rank_device, runtime_from_env
 
-__all__ = ["evaluate_run", "export_run", "example_input", "DEFAULT_STEPS"]
+__all__ = ["evaluate_run", "export_run", "finetune_run", "example_input", "DEFAULT_STEPS"]
 
 #: The T reported when none are asked for.
 DEFAULT_STEPS = (1, 2, 4, 8, 16, 32)
@@ -305,3 +305,66 @@ def export_run(
         return export_onnx(snn, out, example, T, time_input, binary), []
     export_program(snn, example, T, out, time_input, binary)
     return out, []
+
+
+def finetune_run(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    T: int,
+    epochs: float = 0.2,
+    lr: float = 2e-3,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    trust_code: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """What ``ann2snn finetune`` does: convert a trained run to IF neurons, `finetune` it at
+    ``T`` on the run's training split, and save the result as a run folder of its own at
+    ``out`` (`to_ann`: the ANN whose IF conversion is the fine-tuned SNN, so ``ann2snn eval
+    OUT --neuron if`` simulates it). Returns the folder and the fine-tune's record entry.
+
+    ``out`` must not hold a run: nothing is ever written over a run's checkpoints. The
+    folder is written atomically at the end: an interrupted fine-tune leaves no partial
+    run, and the same command starts it again."""
+    from ._io import sha256_file
+    from .checkpoint import save_checkpoint
+    from .training import FinetuneLog, finetune, to_ann
+
+    positive_int("T", T)
+
+    out = Path(out)
+    if any((out / name).exists() for name in ("best.json", "last.json", "resume.json")):
+        raise FileExistsError(
+            f"--out {out} already holds a run; its checkpoints are never replaced — "
+            "choose another --out"
+        )
+    dev = resolve_device("device", device)
+    model = load(checkpoint, map_location=dev, trust_code=trust_code)
+    record = RunRecord.of(model)
+    if needs_threshold_data(record.act):
+        raise ValueError(
+            f"finetune: the run's activation is {record.act!r}; fine-tuned thresholds are "
+            "saved as the λ of a quantized activation (qcfs, nq)"
+        )
+    recipe = record.get("recipe") or {}
+    loaders = create_loaders(record.dataset, data_dir=data_dir, device=dev,
+                             batch_size=recipe.get("batch_size", 128), seed=recipe.get("seed", 42))  # fmt: skip
+    log = FinetuneLog(T)
+    tuned = finetune(convert(model, "if"), loaders.train, T, epochs=epochs, lr=lr, log=log)
+    source = Path(checkpoint)
+    source_json = source / "best.json" if (source / "best.json").exists() else source
+    entry = {"source": str(checkpoint), "T": T, "epochs": epochs, "lr": lr,
+             "images": log.images, "seconds": log.seconds,
+             "loss_first": log.losses[0], "loss_last": log.losses[-1]}  # fmt: skip
+    if source_json.is_file():
+        entry["source_sha256"] = sha256_file(source_json)
+    import uuid
+
+    # The source's description of the model and data; what was measured is not carried.
+    dropped = ("metrics", "run_id", "extra", "weights_file", "weights_sha256", "created",
+               "record_sha256", "format", "format_version", "versions")  # fmt: skip
+    new = {k: v for k, v in record.raw.items() if k not in dropped}
+    new.update(finetune=entry, run_id=uuid.uuid4().hex[:16],
+               metrics={"history": [], "units": "percent"})  # fmt: skip
+    save_checkpoint(out, to_ann(tuned, model).cpu(), new, tag="best")
+    return out, entry

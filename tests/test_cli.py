@@ -592,3 +592,24 @@ def test_resume_reads_the_rest_of_the_recipe_from_the_run(data_dir, tmp_path, ca
     assert line.startswith("done: 2 epochs, val acc ") and line.rstrip().endswith(str(out))
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "new")]) == 2
     assert "--model and --dataset are required for a new run" in capsys.readouterr().err
+
+
+def test_finetune_writes_a_run_that_eval_simulates_and_never_replaces_one(
+    run_dir, data_dir, tmp_path, capsys
+):
+    out = tmp_path / "ft"
+    argv = ["finetune", str(run_dir), "--T", "2", "--epochs", "1", "--out", str(out),
+            "--data-dir", str(data_dir), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "images at T=2" in printed and f"run: {out}" in printed
+    record = load_record(out)
+    assert record["finetune"]["T"] == 2 and record["finetune"]["images"] > 0
+    assert record["run_id"] != load_record(run_dir)["run_id"]
+    # The saved ANN converts back to the fine-tuned SNN: eval runs it like any run.
+    report = _eval_json(out, data_dir, tmp_path / "e", "--T", "1,2", capsys=capsys)
+    assert set(report["rows"][0]["accuracy_by_wake"]) == {"1", "2"}
+    before = (out / "best.safetensors").read_bytes()
+    assert main(argv) == 2  # never over a run's checkpoints
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "best.safetensors").read_bytes() == before

@@ -29,7 +29,7 @@ from ..nn.network import SpikingNetwork, device_of
 from ..nn.neurons import IFNeuron
 from ..nn.state import Stateful
 
-__all__ = ["finetune", "FinetuneLog", "SurrogateIF"]
+__all__ = ["finetune", "to_ann", "FinetuneLog", "SurrogateIF"]
 
 
 class _SpikeFn(torch.autograd.Function):
@@ -182,3 +182,28 @@ def finetune(
         p.requires_grad_(False)
     net.config = {**net.config, "finetune": {"T": T, "images": log.images, "lr": lr}}
     return net.reset()
+
+
+def to_ann(snn: SpikingNetwork, model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (the ANN ``snn`` was converted from) carrying ``snn``'s weights
+    and, as each activation's λ, its neuron's θ: converting it with ``neuron="if"`` gives
+    ``snn`` back (tested), so a fine-tuned SNN is saved as an ordinary run folder. A
+    potential calibration's v(0) shift has no ANN counterpart and is not carried over."""
+    if snn.config.get("binary"):
+        raise ValueError("to_ann: a binarized network keeps θ in its weights; pass the SNN")
+    ann = copy.deepcopy(model)
+    own = ann.state_dict()
+    weights = {
+        k: v for k, v in snn.body.state_dict().items() if k in own and own[k].shape == v.shape
+    }
+    ann.load_state_dict(weights, strict=False)
+    for name, neuron in snn.spiking_layers():
+        act = ann.get_submodule(name)
+        if not hasattr(act, "set_threshold"):
+            raise ValueError(
+                f"to_ann: the ANN's activation at {name!r} ({type(act).__name__}) has no "
+                "trainable λ to carry the neuron's θ (a ReLU network's θ comes from data)"
+            )
+        with torch.no_grad():
+            act.set_threshold(neuron.threshold)
+    return ann
