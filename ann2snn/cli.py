@@ -315,7 +315,7 @@ def _add_eval(sub: Any) -> None:
     e.add_argument(
         "--cos-rho",
         type=POS,
-        help="cos: pre-simulation steps per layer, ρ <= T (default: min(4, T))",
+        help="cos: pre-simulation steps per layer (default: 4, as the paper)",
     )
     e.add_argument(
         "--calib-batches",
@@ -358,7 +358,7 @@ def _add_finetune(sub: Any) -> None:
         "and thresholds, BatchNorm frozen) and save it as a run folder of its own, which "
         "`ann2snn eval OUT --neuron if` simulates. Nothing is written until it is done.",
         epilog=_examples(
-            "ann2snn finetune runs/cnn --T 2 --epochs 0.2 --out runs/cnn-ft2",
+            "ann2snn finetune runs/cnn --T 2 --epochs 1 --out runs/cnn-ft2",
             "ann2snn eval runs/cnn-ft2 --neuron if --T 1,2,4",
         ),
     )
@@ -367,7 +367,7 @@ def _add_finetune(sub: Any) -> None:
     f.add_argument(
         "--epochs",
         type=_positive_float,
-        default=0.2,
+        default=1.0,
         help="passes over the training split (a fraction trains on that share)",
     )
     f.add_argument("--lr", type=_positive_float, default=2e-3, help="SGD learning rate")

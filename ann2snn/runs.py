@@ -311,7 +311,7 @@ def finetune_run(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     T: int,
-    epochs: float = 0.2,
+    epochs: float = 1.0,
     lr: float = 2e-3,
     *,
     data_dir: str | None = None,

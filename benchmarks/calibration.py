@@ -46,10 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rounds", type=int, default=1, help="potential: repeat the pass (calibrate rounds=)"
     )
-    p.add_argument(
-        "--rho", type=int, help="cos: pre-simulation steps per layer (default min(4, T))"
-    )
-    p.add_argument("--ft-epochs", type=float, default=0.2, help="finetune: share of an epoch")
+    p.add_argument("--rho", type=int, help="cos: pre-simulation steps per layer (default 4)")
+    p.add_argument("--ft-epochs", type=float, default=1.0, help="finetune: epochs (a share)")
     p.add_argument("--ft-lr", type=float, default=2e-3, help="finetune: SGD learning rate")
     p.add_argument("--no-guard", action="store_true",
                    help="apply every layer's correction (calibrate(..., guard=False))")  # fmt: skip
@@ -119,7 +117,8 @@ def _variant(name: str, model: Any, snn: Any, loaders: Any, t: int, args: Any) -
             net = calibrate(net, loaders.val, t, "potential", **cal)
         return net, {"images": log.images, "first_loss": log.losses[0], "last_loss": log.losses[-1]}
     if name == "ann-extra":
-        return convert(_train_ann(model, loaders.train, args), "if"), {}
+        ann = _train_ann(model, loaders.train, args)
+        return convert(ann, "if"), {"ann_accuracy": ann_accuracy(ann, loaders.test)}
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 

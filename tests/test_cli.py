@@ -463,7 +463,7 @@ def test_eval_calibrate_records_one_calibration_per_T(run_dir, data_dir, tmp_pat
     once = _eval_json(run_dir, data_dir, tmp_path / "o", "--T", "1,2", "--calibrate", "bias",
                       "--calib-T", "2", "--calib-batches", "1", capsys=capsys)["rows"][0]  # fmt: skip
     assert once["calibration"]["T"] == 2 and set(once["accuracy_by_wake"]) == {"1", "2"}
-    # COS: the pre-simulation steps are in the totals (T + layers·ρ, ρ = min(4, T)).
+    # COS: the pre-simulation steps are in the totals (T + layers·ρ).
     cos = _eval_json(run_dir, data_dir, tmp_path / "c", "--T", "1,2", "--calibrate", "cos",
                      "--cos-rho", "1", capsys=capsys)  # fmt: skip
     presim = cos["rows"][0]["presim_steps"]  # ρ = 1 per layer

@@ -224,12 +224,16 @@ def test_cos_removes_an_offset_spike_by_one_threshold():
 def test_cos_network_reports_its_presimulation_and_is_refused_by_exports(tmp_path):
     model = make_vgg()
     snn = convert(model, "if")
-    cos = calibrate(snn, None, T=2, method="cos")
+    cos = calibrate(snn, None, T=2, method="cos", rho=2)
     layers = len(snn.layers)
     assert cos.config["calibration"] == {"method": "cos", "T": 2, "rho": 2,
                                          "presim_steps": 2 * layers}  # fmt: skip
-    with pytest.raises(ValueError, match="rho <= T; got rho=3, T=2"):
-        calibrate(snn, None, T=2, method="cos", rho=3)
+    x = images(8)
+    # ρ > T: the layers run ρ steps to feed the pre-simulation; T are read.
+    deep = calibrate(snn, None, T=1, method="cos", rho=4)
+    assert run(deep, x, T=1).shape == run(snn, x, T=1).shape
+    with pytest.raises(ValueError, match="activity counting of a COS network needs rho <= T"):
+        ann2snn.simulate(deep, (x, torch.zeros(8, dtype=torch.long)), T=1, activity=True)
     x = images(8)
     assert run(cos, x, T=2).shape == run(snn, x, T=2).shape
     assert all(n.presim == 0 for _, n in snn.spiking_layers())  # the input is unchanged

@@ -312,8 +312,9 @@ def calibrate(
             run on.
         granularity: what one correction covers: ``"neuron"`` (default for potential, as
             Li et al.), ``"channel"`` (default for bias) or ``"layer"``.
-        rho: ``"cos"``: pre-simulation steps per layer, ρ ≤ T (default min(4, T)): a layer
-            pre-simulates on the first ρ of the T inputs it receives.
+        rho: ``"cos"``: pre-simulation steps per layer (ρ, default 4 as in the paper). A
+            layer pre-simulates on the first ρ inputs it receives; with ρ > T the layers run
+            ρ steps so the next ones can (`simulate` and `run` do this; only T are read).
 
     GN with τ = L at T = 1 and CIF with T = Q and enough sleep are exact already: their
     measured gap is zero and calibration leaves them as they are.
@@ -423,12 +424,7 @@ def _offset_spike_calibrated(
     snn: SpikingNetwork, T: int, rho: int | None, log: CalibrationLog | None
 ) -> SpikingNetwork:
     """COS: a copy whose IF neurons pre-simulate ``rho`` steps per sample (no data)."""
-    rho = min(4, T) if rho is None else positive_int("rho", rho)
-    if rho > T:
-        raise ValueError(
-            f"calibrate: method 'cos' pre-simulates each layer on the first rho of the T "
-            f"inputs it receives, so rho <= T; got rho={rho}, T={T}"
-        )
+    rho = 4 if rho is None else positive_int("rho", rho)
     layers = list(snn.spiking_layers())
     if not layers or any(type(n).kernel is not IFNeuron.kernel for _, n in layers):
         kinds = sorted({type(n).__name__ for _, n in layers}) or ["none"]

@@ -23,7 +23,7 @@ from .._util import check_batch, finite_input, positive_int
 from ..nn.network import SpikingNetwork, device_of, eval_mode
 from ..nn.state import state_dtype
 from .activity import ActivityMonitor, ActivityReport
-from .schedule import Schedule, check_snn, default_max_fold, run_schedule
+from .schedule import Schedule, check_snn, default_max_fold, presim_steps, run_schedule
 
 __all__ = ["SimulationResult", "simulate", "run", "activity"]
 
@@ -169,6 +169,11 @@ def simulate(
         )
     if activity_batches is not None:
         positive_int("activity_batches", activity_batches)
+    if activity and presim_steps(snn) > T:
+        raise ValueError(
+            f"simulate: activity counting of a COS network needs rho <= T (its layers run "
+            f"rho = {presim_steps(snn)} steps to feed the pre-simulation), got T={T}"
+        )
     device = torch.device(device) if device is not None else device_of(snn)
     snn = snn.to(device)
     max_fold = max_fold or default_max_fold(device)

@@ -90,18 +90,28 @@ def _chunk_steps(batch: int, max_fold: int) -> int:
     return max(1, max_fold // max(batch, 1))
 
 
+def presim_steps(snn: SpikingNetwork) -> int:
+    """ρ of a COS-calibrated network (`ann2snn.calibrate(..., method="cos")`), else 0."""
+    return int((snn.config.get("calibration") or {}).get("rho") or 0)
+
+
 def run_schedule(
     snn: SpikingNetwork, x: Tensor, schedule: Schedule, max_fold: int
 ) -> Iterator[Tensor]:
     """Yield the network's per-step outputs ``[n, B, out...]`` chunk by chunk."""
     chunk = _chunk_steps(x.shape[0], max_fold)
-    # COS layers pre-simulate on their first ρ inputs: the first call brings them all.
-    chunk = max(chunk, int((snn.config.get("calibration") or {}).get("rho") or 0))
+    # COS layers pre-simulate on the first ρ inputs they receive: the first call brings ρ
+    # steps at least, and when ρ > T the steps past T run only to feed the next layers'
+    # pre-simulation (their outputs are not yielded; the latency is counted as T + L·ρ).
+    rho = presim_steps(snn)
+    first = True
     for phase in schedule.phases():
         for start in range(0, phase.steps, chunk):
             n = min(chunk, phase.steps - start)
             if phase.kind == "wake":
-                yield snn(x.unsqueeze(0).expand(n, *x.shape))
+                steps = max(n, rho) if first else n
+                first = False
+                yield snn(x.unsqueeze(0).expand(steps, *x.shape))[:n]
             else:
                 with snn.sleeping():
                     yield snn(torch.zeros((n, *x.shape), dtype=x.dtype, device=x.device))

@@ -126,6 +126,7 @@ def finetune(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     thresholds: bool = True,
+    cosine: bool = True,
     log: FinetuneLog | None = None,
 ) -> SpikingNetwork:
     """A copy of ``snn`` trained as an SNN at ``T`` steps (``snn`` is not changed).
@@ -142,6 +143,8 @@ def finetune(
             docs/benchmarks.md §9 for the measured seconds).
         lr, momentum, weight_decay: SGD's.
         thresholds: also train each layer's θ (as log θ); False keeps them.
+        cosine: decay the learning rate from ``lr`` to 0 along a cosine over the run;
+            False keeps it constant.
         log: a `FinetuneLog` to fill (loss per step, images, seconds).
 
     Returns:
@@ -166,6 +169,9 @@ def finetune(
             x, y = x.to(dev), y.to(dev)
             out = net(x.unsqueeze(0).expand(T, *x.shape)).mean(0)  # [B, classes]
             loss = F.cross_entropy(out, y)
+            if cosine:  # lr · ½(1 + cos(π·step/steps))
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * len(log.losses) / total))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
