@@ -782,6 +782,10 @@ def _export(args: argparse.Namespace) -> int:
     for line in warnings:
         print(f"other NIR readers lose: {line}", file=sys.stderr)
     print(f"wrote {out}")
+    from .deploy.onnx import onnx_side_file
+
+    if args.format == "onnx" and (side := onnx_side_file(out)):
+        print(f"wrote {side} (the weights; keep it next to {Path(out).name})")
     return 0
 
 

@@ -23,6 +23,11 @@ def test_onnx_matches_the_snn_for_any_batch(tmp_path, binary):
     pytest.importorskip("onnxscript")
     snn = convert(make_vgg(), "if")
     path = export_onnx(snn, tmp_path / "snn.onnx", images(2), T=3, binary=binary)
+    # One self-contained file: it runs wherever it is copied, alone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snn.onnx"]
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    path = path.rename(moved / "copy.onnx")
     session = ort.InferenceSession(str(path))
     for batch in (1, 5):
         x = images(batch, seed=batch)
@@ -46,3 +51,12 @@ def test_torch_export_with_an_explicit_time_dimension(tmp_path):
     assert torch.equal(unrolled(x), unrolled(x))
     with pytest.raises(ValueError, match="T"):
         Unrolled(snn, 0)
+
+
+def test_onnx_export_prints_no_constant_folding_warnings(tmp_path, caplog):
+    pytest.importorskip("onnxscript")
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        export_onnx(convert(make_vgg(), "if"), tmp_path / "q.onnx", images(2), T=2)
+    assert not [r for r in caplog.records if "Constant folder" in r.getMessage()]

@@ -13,7 +13,9 @@ they are refused here (the NIR export carries the schedule in its metadata).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from pathlib import Path
 
 import torch
@@ -117,7 +119,10 @@ def export_onnx(
         ) from e
     module, x, dims = _prepared(snn, example, T, time_input, binary)
     path = Path(path)
-    with torch.no_grad(), staged_output(path) as tmp:
+    # One self-contained file where protobuf allows it (< 2 GB): the weights inside. Above
+    # that they go to ``<name>.onnx.data`` beside it, which must travel with the file.
+    external = _state_bytes(module) > ONNX_INLINE_LIMIT
+    with torch.no_grad(), staged_output(path) as tmp, _quiet_constant_folding():
         torch.onnx.export(
             module,
             (x,),
@@ -127,5 +132,34 @@ def export_onnx(
             dynamic_shapes=dims,
             dynamo=True,
             verbose=False,
+            external_data=external,
         )
     return path
+
+
+#: Weights above this many bytes go to a side file (protobuf's limit is 2 GiB).
+ONNX_INLINE_LIMIT = 1_800_000_000
+
+
+def onnx_side_file(path: str | Path) -> Path | None:
+    """The ``.data`` file an ONNX export wrote beside ``path`` (None: weights inside)."""
+    side = Path(str(path) + ".data")
+    return side if side.exists() else None
+
+
+def _state_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+@contextlib.contextmanager
+def _quiet_constant_folding():
+    """onnxscript's constant folder logs a warning for every neuron whose scalar θ it cannot
+    merge with the broadcast shape it meets (harmless: the shape stays as it was); keep the
+    export's output to what matters."""
+    log = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
