@@ -176,21 +176,7 @@ def _add_train(sub: Any) -> None:
         default=None,
         help="under torchrun on GPUs: BatchNorm statistics over the global batch",
     )
-    t.add_argument(
-        "--limit-train", type=POS, help="use only N training images, for quick runs (default: all)"
-    )
-    t.add_argument(
-        "--limit-test",
-        type=POS,
-        help="use only N test (and validation) images (default: all)",
-    )
-    t.add_argument(
-        "--autoaugment",
-        action="store_true",
-        default=None,
-        help="CIFAR AutoAugment on the training split (default: off)",
-    )
-    t.add_argument("--cutout", type=NONNEG, help="Cutout square side in pixels (default: 0, off)")
+    _add_data_flags(t)
     t.add_argument("--nq-steps", type=POS, default=4, help="NQ: T_n, the steps σ is measured at")
     t.add_argument(
         "--nq-batches",
@@ -206,6 +192,25 @@ def _add_train(sub: Any) -> None:
     t.add_argument(
         "--no-progress", action="store_true", help="no live bar: one plain line per epoch"
     )
+
+
+def _add_data_flags(t: argparse.ArgumentParser) -> None:
+    """``train``'s data flags: how much of the dataset, and its augmentation."""
+    t.add_argument(
+        "--limit-train", type=POS, help="use only N training images, for quick runs (default: all)"
+    )
+    t.add_argument(
+        "--limit-test",
+        type=POS,
+        help="use only N test (and validation) images (default: all)",
+    )
+    t.add_argument(
+        "--autoaugment",
+        action="store_true",
+        default=None,
+        help="CIFAR AutoAugment on the training split (default: off)",
+    )
+    t.add_argument("--cutout", type=NONNEG, help="Cutout square side in pixels (default: 0, off)")
 
 
 def _add_recipe_flags(t: argparse.ArgumentParser) -> None:
@@ -301,6 +306,29 @@ def _add_eval(sub: Any) -> None:
     e.add_argument(
         "--activity-batches", type=POS, help="count activity on the first N batches (default all)"
     )
+    _add_calibration_flags(e)
+    e.add_argument("--data-dir", help="where the dataset lives (default: as for train)")
+    e.add_argument("--download", action="store_true", help="download CIFAR if missing")
+    e.add_argument("--limit-test", type=POS, help="evaluate the first N test images (default: all)")
+    e.add_argument(
+        "--out",
+        help="folder for report.json and the plots (default: RUN/eval/<neuron>-<options>-T<steps>, "
+        "one folder per kind of evaluation)",
+    )
+    fmt = e.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the report as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print accuracy (%%) per step as CSV")
+    e.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    e.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run whose record names package.module:function to import and call it "
+        "(only for runs you trust)",
+    )
+
+
+def _add_calibration_flags(e: argparse.ArgumentParser) -> None:
+    """``eval``'s post-conversion calibration flags (`ann2snn.calibrate`)."""
     e.add_argument(
         "--calibrate",
         choices=[*CALIBRATION_METHODS, "auto", "offset"],
@@ -327,24 +355,6 @@ def _add_eval(sub: Any) -> None:
         "--calib-T",
         type=POS,
         help="calibrate once, for this T, and run all T on it (default: once per T)",
-    )
-    e.add_argument("--data-dir", help="where the dataset lives (default: as for train)")
-    e.add_argument("--download", action="store_true", help="download CIFAR if missing")
-    e.add_argument("--limit-test", type=POS, help="evaluate the first N test images (default: all)")
-    e.add_argument(
-        "--out",
-        help="folder for report.json and the plots (default: RUN/eval/<neuron>-<options>-T<steps>, "
-        "one folder per kind of evaluation)",
-    )
-    fmt = e.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print the report as JSON")
-    fmt.add_argument("--csv", action="store_true", help="print accuracy (%%) per step as CSV")
-    e.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    e.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="allow a run whose record names package.module:function to import and call it "
-        "(only for runs you trust)",
     )
 
 

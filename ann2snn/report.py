@@ -172,8 +172,14 @@ def _ann_lines(ax: Any, rows: Sequence[dict[str, Any]], metric: str) -> list[flo
     single = len(drawn) == 1
     for k, (value, label) in enumerate(sorted(drawn.items())):
         name = "ANN" if single else f"ANN of {label}"
-        ax.axhline(value, ls="--", lw=0.9, color="k" if single else f"C{k}", alpha=0.7,
-                   label=f"{name} ({value:.2f} %)")  # fmt: skip
+        ax.axhline(
+            value,
+            ls="--",
+            lw=0.9,
+            color="k" if single else f"C{k}",
+            alpha=0.7,
+            label=f"{name} ({value:.2f} %)",
+        )
     return list(drawn)
 
 
@@ -199,8 +205,9 @@ def _label_points(ax: Any, points: Sequence[tuple[int, float, float, str]]) -> N
         if any(abs(px - qx) < 22 and abs(py - qy) < 14 for qx, qy in placed):
             continue
         placed.append((px, py))
-        ax.annotate(f"T={t}", (x, y), fontsize=7, color=color, xytext=(3, 3),
-                    textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            f"T={t}", (x, y), fontsize=7, color=color, xytext=(3, 3), textcoords="offset points"
+        )
 
 
 def _pct(x: float | None) -> str:
@@ -236,8 +243,13 @@ def plot_accuracy(
         ticks.update(steps)
         if r.get("sleep") and "total_steps" in r and metric == "accuracy":
             sleep = True
-            ax.plot(r["total_steps"], [100 * a for a in r["accuracy"]], ls=":",
-                    color=line[0].get_color(), label=f"{r['label']}, wake + sleep steps")  # fmt: skip
+            ax.plot(
+                r["total_steps"],
+                [100 * a for a in r["accuracy"]],
+                ls=":",
+                color=line[0].get_color(),
+                label=f"{r['label']}, wake + sleep steps",
+            )
             ticks.update(r["total_steps"])
     values += _ann_lines(ax, rows, metric)
     ax.set_xscale("log", base=2)

@@ -347,24 +347,47 @@ def finetune_run(
             "saved as the λ of a quantized activation (qcfs, nq)"
         )
     recipe = record.get("recipe") or {}
-    loaders = create_loaders(record.dataset, data_dir=data_dir, device=dev,
-                             batch_size=recipe.get("batch_size", 128), seed=recipe.get("seed", 42))  # fmt: skip
+    loaders = create_loaders(
+        record.dataset,
+        data_dir=data_dir,
+        device=dev,
+        batch_size=recipe.get("batch_size", 128),
+        seed=recipe.get("seed", 42),
+    )
     log = FinetuneLog(T)
     tuned = finetune(convert(model, "if"), loaders.train, T, epochs=epochs, lr=lr, log=log)
     source = Path(checkpoint)
     source_json = source / "best.json" if (source / "best.json").exists() else source
-    entry = {"source": str(checkpoint), "T": T, "epochs": epochs, "lr": lr,
-             "images": log.images, "seconds": log.seconds,
-             "loss_first": log.losses[0], "loss_last": log.losses[-1]}  # fmt: skip
+    entry = {
+        "source": str(checkpoint),
+        "T": T,
+        "epochs": epochs,
+        "lr": lr,
+        "images": log.images,
+        "seconds": log.seconds,
+        "loss_first": log.losses[0],
+        "loss_last": log.losses[-1],
+    }
     if source_json.is_file():
         entry["source_sha256"] = sha256_file(source_json)
     import uuid
 
     # The source's description of the model and data; what was measured is not carried.
-    dropped = ("metrics", "run_id", "extra", "weights_file", "weights_sha256", "created",
-               "record_sha256", "format", "format_version", "versions")  # fmt: skip
+    dropped = (
+        "metrics",
+        "run_id",
+        "extra",
+        "weights_file",
+        "weights_sha256",
+        "created",
+        "record_sha256",
+        "format",
+        "format_version",
+        "versions",
+    )
     new = {k: v for k, v in record.raw.items() if k not in dropped}
-    new.update(finetune=entry, run_id=uuid.uuid4().hex[:16],
-               metrics={"history": [], "units": "percent"})  # fmt: skip
+    new.update(
+        finetune=entry, run_id=uuid.uuid4().hex[:16], metrics={"history": [], "units": "percent"}
+    )
     save_checkpoint(out, to_ann(tuned, model).cpu(), new, tag="best")
     return out, entry

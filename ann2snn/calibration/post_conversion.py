@@ -334,9 +334,19 @@ def calibrate(
                 f"measured against the network as converted), got method={method!r}"
             )
         for _ in range(rounds - 1):
-            snn = calibrate(snn, data, T, method, batches, sleep, None, guard, log,
-                            margin=margin, granularity=granularity)  # fmt: skip
-    schedule = Schedule(T, sleep, margin)
+            snn = calibrate(
+                snn,
+                data,
+                T,
+                method,
+                batches,
+                sleep,
+                None,
+                guard,
+                log,
+                margin=margin,
+                granularity=granularity,
+            )
     net = copy.deepcopy(snn)
     dev = device_of(net)
     inputs = [x.to(dev) for x in iter_inputs(data, batches)]
@@ -345,41 +355,19 @@ def calibrate(
     log = log if log is not None else CalibrationLog(method, T)
     log.method, log.T, log.images = method, T, sum(int(x.shape[0]) for x in inputs)
     start = time.perf_counter()
-    max_fold = default_max_fold(dev)
     with eval_mode(net, snn), torch.no_grad():
         reference = _Reference(snn, inputs, granularity)
-        # One simulation measures every layer: the gaps of the layers still to come and
-        # the output error, before and (with the guard) after each layer's correction.
-        gaps, mse = _measure(reference, net, inputs, schedule, max_fold)
-        for name, neuron in net.spiking_layers():
-            feeding = _feeding_layer(net.body, name) if method == "bias" else None
-            if method == "bias" and feeding is None:
-                raise ValueError(
-                    f"calibrate: method 'bias' needs a conv, linear or BatchNorm layer feeding "
-                    f"neuron {name!r} (through additions only, read by nothing else); use "
-                    "method='potential' for this network"
-                )
-            gap = gaps[name]
-            theta = float(neuron.threshold)
-            entry = {
-                "mean_abs_gap_over_theta": float(gap.abs().mean()) / theta,
-                "output_mse_before": mse,
-            }
-            undo = _apply(method, neuron, feeding, gap, T, reference.ranks[name])
-            # The corrected network, measured once: it decides the guard and gives the
-            # next layers' gaps (the layers before are unchanged from here on).
-            after_gaps, after = _measure(reference, net, inputs, schedule, max_fold)
-            if guard:
-                # Keep the correction only where it brings the network's output closer to
-                # the ANN's (matching a layer's mean can move the output away, e.g. at
-                # T = 1 where a neuron emits 0 or θ).
-                entry["output_mse_after"] = after
-                entry["kept"] = after <= mse
-            if not guard or entry["kept"]:
-                gaps, mse = after_gaps, after
-            else:
-                undo()
-            log.layers[name] = entry
+        mse = _layer_by_layer(
+            net,
+            reference,
+            inputs,
+            method,
+            T,
+            Schedule(T, sleep, margin),
+            guard,
+            log,
+            default_max_fold(dev),
+        )
     log.seconds = time.perf_counter() - start
     log.output_mse = mse
     previous = net.config.get("calibration")
@@ -395,6 +383,54 @@ def calibrate(
     if previous:
         net.config["calibration"]["after"] = previous
     return net
+
+
+def _layer_by_layer(
+    net: SpikingNetwork,
+    reference: _Reference,
+    inputs: list[Tensor],
+    method: str,
+    T: int,
+    schedule: Schedule,
+    guard: bool,
+    log: CalibrationLog,
+    max_fold: int,
+) -> float:
+    """Correct ``net``'s layers in order, each measured on the earlier ones' corrections;
+    the output error to the ANN's at the end."""
+    # One simulation measures every layer: the gaps of the layers still to come and
+    # the output error, before and (with the guard) after each layer's correction.
+    gaps, mse = _measure(reference, net, inputs, schedule, max_fold)
+    for name, neuron in net.spiking_layers():
+        feeding = _feeding_layer(net.body, name) if method == "bias" else None
+        if method == "bias" and feeding is None:
+            raise ValueError(
+                f"calibrate: method 'bias' needs a conv, linear or BatchNorm layer feeding "
+                f"neuron {name!r} (through additions only, read by nothing else); use "
+                "method='potential' for this network"
+            )
+        gap = gaps[name]
+        theta = float(neuron.threshold)
+        entry = {
+            "mean_abs_gap_over_theta": float(gap.abs().mean()) / theta,
+            "output_mse_before": mse,
+        }
+        undo = _apply(method, neuron, feeding, gap, T, reference.ranks[name])
+        # The corrected network, measured once: it decides the guard and gives the
+        # next layers' gaps (the layers before are unchanged from here on).
+        after_gaps, after = _measure(reference, net, inputs, schedule, max_fold)
+        if guard:
+            # Keep the correction only where it brings the network's output closer to
+            # the ANN's (matching a layer's mean can move the output away, e.g. at
+            # T = 1 where a neuron emits 0 or θ).
+            entry["output_mse_after"] = after
+            entry["kept"] = after <= mse
+        if not guard or entry["kept"]:
+            gaps, mse = after_gaps, after
+        else:
+            undo()
+        log.layers[name] = entry
+    return mse
 
 
 def _resolve_method(
@@ -464,8 +500,9 @@ def _best_of(
     for method in methods:
         trial = CalibrationLog(method, T)
         try:
-            net = calibrate(snn, data, T, method, batches, sleep, guard=guard, log=trial,
-                            margin=margin)  # fmt: skip
+            net = calibrate(
+                snn, data, T, method, batches, sleep, guard=guard, log=trial, margin=margin
+            )
         except ValueError:  # e.g. no biased layer in front of a neuron: not a candidate
             continue
         results[method] = (net, trial)
