@@ -229,6 +229,10 @@ def test_cos_network_reports_its_presimulation_and_is_refused_by_exports(tmp_pat
     assert cos.config["calibration"] == {"method": "cos", "T": 2, "rho": 2,
                                          "presim_steps": 2 * layers}  # fmt: skip
     x = images(8)
+    # However the steps are chunked, the first call brings the ρ steps and the rest follow
+    # on from there: the same outputs with one step per call as with all at once.
+    four = calibrate(snn, None, T=4, method="cos", rho=3)
+    torch.testing.assert_close(run(four, x, T=4, max_fold=8), run(four, x, T=4))
     # ρ > T: the layers run ρ steps to feed the pre-simulation; T are read.
     deep = calibrate(snn, None, T=1, method="cos", rho=4)
     assert run(deep, x, T=1).shape == run(snn, x, T=1).shape

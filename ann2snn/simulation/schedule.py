@@ -104,6 +104,7 @@ def run_schedule(
     # steps at least, and when ρ > T the steps past T run only to feed the next layers'
     # pre-simulation (their outputs are not yielded; the latency is counted as T + L·ρ).
     rho = presim_steps(snn)
+    chunk = max(chunk, rho)
     first = True
     for phase in schedule.phases():
         for start in range(0, phase.steps, chunk):
