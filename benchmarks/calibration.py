@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from ann2snn import calibrate, convert, finetune, load, simulate
+from ann2snn import activity, calibrate, convert, finetune, load, simulate
 from ann2snn.calibration import CalibrationLog
 from ann2snn.data import create_loaders
 from ann2snn.evaluation import ann_accuracy
-from ann2snn.report import environment, write_json
+from ann2snn.report import environment, plot_cost, write_json
+from ann2snn.simulation.schedule import presim_steps
 from ann2snn.training import FinetuneLog
 
 
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rounds", type=int, default=1, help="potential: repeat the pass (calibrate rounds=)"
     )
+    p.add_argument("--activity-batches", type=int, default=4,
+                   help="test batches the energy ratio is counted on (0: none)")  # fmt: skip
+    p.add_argument("--plot", help="write accuracy against energy for every variant here (PNG)")
     p.add_argument("--rho", type=int, help="cos: pre-simulation steps per layer (default 4)")
     p.add_argument("--ft-epochs", type=float, default=1.0, help="finetune: epochs (a share)")
     p.add_argument("--ft-lr", type=float, default=2e-3, help="finetune: SGD learning rate")
@@ -76,6 +80,9 @@ def evaluate_run(run: str, args: argparse.Namespace) -> dict[str, Any]:
     snn = convert(model, "if", calibration=loaders.val if act == "relu" else None)
     plain = simulate(snn, loaders.test, max(args.T), progress=False)
     entry["plain"] = {str(t): plain.accuracy[t - 1] for t in args.T}
+    entry["plain_energy"] = {
+        str(t): e["energy_ratio"] for t in args.T if (e := _energy(snn, loaders.test, t, args))
+    }
     for method in args.methods:
         for t in args.T:
             start = time.perf_counter()
@@ -86,10 +93,20 @@ def evaluate_run(run: str, args: argparse.Namespace) -> dict[str, Any]:
                 "accuracy": res.accuracy[-1], "seconds": seconds,
                 "fraction_of_epoch": seconds / epoch_s if epoch_s else None,
                 "total_steps": t + info.pop("presim_steps", 0), **info,
+                **_energy(fixed, loaders.test, t, args),
             }  # fmt: skip
             print(f"{run} {method} T={t}: {100 * res.accuracy[-1]:.2f} ({seconds:.1f} s)",
                   file=sys.stderr)  # fmt: skip
     return entry
+
+
+def _energy(net: Any, data: Any, t: int, args: Any) -> dict[str, Any]:
+    """E_SNN / E_ANN per image on the first ``--activity-batches`` test batches (COS with
+    ρ > T runs ρ steps per layer, which `activity` does not count: left out)."""
+    if not args.activity_batches or presim_steps(net) > t:
+        return {}
+    report = activity(net, data, t, max_batches=args.activity_batches)
+    return {"energy_ratio": report.energy()["ratio"][-1], "synops": report.synops[-1]}
 
 
 VARIANTS = ("bias", "potential", "potential-channel", "cos", "finetune",
@@ -162,6 +179,28 @@ def format_table(rows: list[dict[str, Any]], steps: list[int], methods: list[str
     return "\n".join(lines)
 
 
+def _plot(rows: list[dict[str, Any]], args: Any, path: Path) -> None:
+    """Accuracy against energy, one line per variant over the T of the run (the first run's
+    rows; through `ann2snn.report.plot_cost`, the plot `eval --activity` draws)."""
+    import shutil
+    import tempfile
+
+    r = rows[0]
+    lines = [{"label": "none (as converted)", "ann_accuracy": r["ann_accuracy"],
+              "accuracy_by_wake": r["plain"], "energy_ratio_by_wake": r.get("plain_energy", {}),
+              "layer_firing_rates": {}}]  # fmt: skip
+    for name, by_t in r["methods"].items():
+        if all("energy_ratio" in v for v in by_t.values()):
+            lines.append({"label": name, "layer_firing_rates": {},
+                          "accuracy_by_wake": {t: v["accuracy"] for t, v in by_t.items()},
+                          "energy_ratio_by_wake": {t: v["energy_ratio"] for t, v in by_t.items()}})  # fmt: skip
+    lines = [line for line in lines if line["energy_ratio_by_wake"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = plot_cost(lines, tmp, title=f"{r['model']} on Fashion-MNIST, T = {args.T}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths["energy_plot"], path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -183,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["rows"].append(evaluate_run(run, args))
         results["table"] = format_table(results["rows"], args.T, args.methods)
         write_json(results, Path(args.out))
+    if args.plot:
+        _plot(results["rows"], args, Path(args.plot))
     print(results.get("table", ""))
     return results
 
