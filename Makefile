@@ -44,12 +44,14 @@ test-seams: venv
 	ANN2SNN_SEAM_EXAMPLES=300 $(BIN)/python -m pytest -q tests/test_seams.py
 
 # Optional integrations, for the tests that cross-check against them (they skip without
-# them): timm models, and SpikingJelly's SynOp counter. SpikingJelly goes in without its
-# dependencies: they pin a torchaudio that does not match our torch, and its op_counter
-# needs only torch.
+# them): timm models; SpikingJelly (its SynOp counter, its IF neurons running our SNNs
+# through ann2snn.deploy.to_spikingjelly, its NIR reader). SpikingJelly goes in without its
+# dependencies: they pin a torchaudio that does not match our torch; what the parts we use
+# import (loguru, and nirtorch for its NIR reader) goes in beside it.
 integrations: venv
 	$(BIN)/python -m pip install -q -e ".[dev,integrations]"
 	$(BIN)/python -m pip install -q --no-deps "spikingjelly==2.0.0"
+	$(BIN)/python -m pip install -q "loguru>=0.7" "nirtorch>=2.0"
 
 # Everything, including slow real-data runs and the integrations (GPU tests skip without a GPU).
 test-all: venv data integrations

@@ -196,7 +196,9 @@ def _plot(rows: list[dict[str, Any]], args: Any, path: Path) -> None:
                           "energy_ratio_by_wake": {t: v["energy_ratio"] for t, v in by_t.items()}})  # fmt: skip
     lines = [line for line in lines if line["energy_ratio_by_wake"]]
     with tempfile.TemporaryDirectory() as tmp:
-        paths = plot_cost(lines, tmp, title=f"{r['model']} on Fashion-MNIST, T = {args.T}")
+        paths = plot_cost(
+            lines, tmp, title=f"{r['model']} on Fashion-MNIST, T = {', '.join(map(str, args.T))}"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths["energy_plot"], path)
 
