@@ -35,8 +35,9 @@ demo: venv data
 demo-detection: venv data
 	$(BIN)/ann2snn demo --task detection
 
+# One worker per core (at most 4), whole files per worker: the suite is CPU-bound.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile
 
 # The differential harness over generated networks with 300 networks per property
 # (make test runs 40).

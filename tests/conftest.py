@@ -6,6 +6,8 @@ Everything is seeded, so every test sees the same networks on every run.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -152,6 +154,14 @@ def assert_unchanged(model: nn.Module, signature) -> None:
     for k, v in state.items():
         assert torch.equal(now[k], v), k
     assert model.training == training
+
+
+# Under pytest-xdist (`make test`: one worker per core) each worker takes its share of the
+# cores, so workers do not oversubscribe the machine with torch's intra-op threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
 
 
 @pytest.fixture(autouse=True)
