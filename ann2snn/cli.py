@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_trust_code(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run whose record names package.module:function to import and call it "
+        "(only for runs you trust)",
+    )
+
+
 def _add_train(sub: Any) -> None:
     t = sub.add_parser(
         "train",
@@ -319,12 +328,7 @@ def _add_eval(sub: Any) -> None:
     fmt.add_argument("--json", action="store_true", help="print the report as JSON")
     fmt.add_argument("--csv", action="store_true", help="print accuracy (%%) per step as CSV")
     e.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    e.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="allow a run whose record names package.module:function to import and call it "
-        "(only for runs you trust)",
-    )
+    _add_trust_code(e)
 
 
 def _add_calibration_flags(e: argparse.ArgumentParser) -> None:
@@ -384,12 +388,7 @@ def _add_finetune(sub: Any) -> None:
     f.add_argument("--out", required=True, help="new run folder (never an existing run)")
     f.add_argument("--data-dir", help="where the dataset lives (default: as for train)")
     f.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    f.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="allow a run whose record names package.module:function to import and call it "
-        "(only for runs you trust)",
-    )
+    _add_trust_code(f)
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -453,12 +452,7 @@ def _add_export(sub: Any) -> None:
         "--data-dir",
         help="dataset for the example input and percentile thresholds (default: as for train)",
     )
-    x.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="allow a run whose record names package.module:function to import and call it "
-        "(only for runs you trust)",
-    )
+    _add_trust_code(x)
 
 
 def _add_check(sub: Any) -> None:
@@ -488,12 +482,7 @@ def _add_check(sub: Any) -> None:
         help="pooling a zoo model is built with (ignored for a run)",
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="allow a run whose record names package.module:function to import and call it "
-        "(only for runs you trust)",
-    )
+    _add_trust_code(c)
 
 
 def _add_demo(sub: Any) -> None:
