@@ -67,3 +67,18 @@ def test_finetune_refuses_what_it_cannot_train():
     with pytest.raises(ValueError, match="epochs must be a positive number"):
         finetune(convert(model, "if"), data, T=1, epochs=0)
     assert ann2snn.finetune is finetune
+
+
+def test_finetune_takes_one_batch_and_residual_networks_and_maps_back_to_its_ann():
+    from conftest import make_resnet
+
+    from ann2snn.training import to_ann
+
+    torch.manual_seed(2)
+    model = make_resnet()
+    x, y = images(16), torch.randint(0, 5, (16,))
+    tuned = finetune(convert(model, "if"), (x, y), T=2, epochs=2, lr=0.01)
+    assert tuned.config["finetune"]["images"] == 32
+    # The ANN with the SNN's weights and λ = θ converts back to the same SNN, exactly.
+    back = convert(to_ann(tuned, model), "if")
+    assert torch.equal(run(back, x, T=2), run(tuned, x, T=2))

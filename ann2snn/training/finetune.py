@@ -119,7 +119,7 @@ def _check(snn: Any, T: int, epochs: float, lr: float) -> None:
 
 def finetune(
     snn: SpikingNetwork,
-    data: Sized,
+    data: Sized | tuple[Tensor, Tensor],
     T: int,
     epochs: float = 1.0,
     lr: float = 2e-3,
@@ -135,7 +135,7 @@ def finetune(
         snn: a converted network of IF neurons (`ann2snn.convert(model, "if")`, optionally
             calibrated with ``"bias"``/``"potential"``).
         data: training batches ``(x, y)`` — the training split, never the test split
-            (e.g. ``create_loaders(...).train``).
+            (e.g. ``create_loaders(...).train``) — or one ``(x, y)`` pair of tensors.
         T: the time steps the network will run at; each batch runs T steps, the loss is
             the cross-entropy of the time-averaged output.
         epochs: passes over ``data``; a fraction trains on that share of its batches (at
@@ -151,6 +151,8 @@ def finetune(
         A network of IF neurons with the trained weights and thresholds.
     """
     _check(snn, T, epochs, lr)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        data = [data]  # one (x, y) batch, as simulate takes it
     net = copy.deepcopy(snn)
     log = log if log is not None else FinetuneLog(T)
     neurons = dict(net.spiking_layers())
