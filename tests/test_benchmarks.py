@@ -255,6 +255,14 @@ def test_ablation_and_calibration_tiny(fmnist, tmp_path):
     rows = json.loads(nir_out.read_text())["rows"]
     assert rows["ann2snn"] == rows["NIR round trip (ann2snn metadata)"]
     assert set(readers["external"]) == {"snntorch", "sinabs"} and readers["reader_losses"]
+    try:  # SpikingJelly with its NIR reader (make integrations)
+        import spikingjelly.activation_based.nir_exchange  # noqa: F401
+    except ImportError:
+        return
+    interop = _main("interop.py")([str(run_dir), "--T", "1,2", "--data-dir", str(fmnist),
+                                   "--out", str(tmp_path / "interop.json")])  # fmt: skip
+    for row in interop["rows"]:  # the adapter runs the SNN exactly
+        assert row["spikingjelly (to_spikingjelly)"] == pytest.approx(row["ann2snn"], abs=0.011)
 
 
 def test_detection_tiny(fmnist, tmp_path):
