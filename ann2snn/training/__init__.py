@@ -8,7 +8,7 @@ and ``lock`` keep a run safe to interrupt and to spread over processes.
 """
 
 from .config import PRESETS, TrainConfig
-from .finetune import FinetuneLog, SurrogateIF, finetune, to_ann
+from .fine_tuning import FinetuneLog, SurrogateIF, finetune, to_ann
 from .loop import train
 from .setup import Placement, TrainingSetup, prepare_training
 from .steps import Scores, evaluate, lr_at, param_groups, seed_everything, train_one_epoch
