@@ -34,8 +34,8 @@ __all__ = ["finetune", "to_ann", "FinetuneLog", "SurrogateIF"]
 
 class _SpikeFn(torch.autograd.Function):
     """Heaviside(u) forward (u = v − θ; fire at u ≥ 0); a rectangle of height 1/w and
-    width w around u = 0 backward (w = θ: the gradient is nonzero within half a threshold
-    of firing)."""
+    width w around u = 0 backward (w = θ/2 by default: the gradient is nonzero within a
+    quarter threshold of firing)."""
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, width: Tensor) -> Tensor:
@@ -54,8 +54,9 @@ class SurrogateIF(Stateful):
     (``v ← v + x; s = [v ≥ θ]; v ← v − sθ; emit sθ``, v(0) = v_init·θ + v_offset), a
     trainable log θ, and a surrogate gradient for the spike. Runs ``[T, B, ...]`` only."""
 
-    def __init__(self, neuron: IFNeuron):
+    def __init__(self, neuron: IFNeuron, width: float = 0.5):
         super().__init__("m")
+        self.width = float(width)  # the surrogate's width, in units of θ
         self.log_threshold = nn.Parameter(neuron.threshold.detach().clone().log())
         self.v_init = neuron.v_init
         offset = None if neuron.v_offset is None else neuron.v_offset.detach().clone()
@@ -68,7 +69,7 @@ class SurrogateIF(Stateful):
         out = []
         for x in x_seq.unbind(0):
             v = v + x
-            emitted = _SpikeFn.apply(v - theta, theta.detach()) * theta
+            emitted = _SpikeFn.apply(v - theta, self.width * theta.detach()) * theta
             v = v - emitted  # reset by subtraction: the gradient flows through it
             out.append(emitted)
         return torch.stack(out)
@@ -127,6 +128,7 @@ def finetune(
     weight_decay: float = 0.0,
     thresholds: bool = True,
     cosine: bool = True,
+    surrogate_width: float = 0.5,
     log: FinetuneLog | None = None,
 ) -> SpikingNetwork:
     """A copy of ``snn`` trained as an SNN at ``T`` steps (``snn`` is not changed).
@@ -145,6 +147,10 @@ def finetune(
         thresholds: also train each layer's θ (as log θ); False keeps them.
         cosine: decay the learning rate from ``lr`` to 0 along a cosine over the run;
             False keeps it constant.
+        surrogate_width: the width of the rectangular surrogate gradient, in units of θ
+            (on the demo CNN's validation split, half an epoch: 0.5 gave 87.70 % at T = 1
+            and 89.23 % at T = 2, against 86.92 / 88.93 % with 1.0 and 87.17 % at T = 1
+            with 0.25).
         log: a `FinetuneLog` to fill (loss per step, images, seconds).
 
     Returns:
@@ -156,7 +162,9 @@ def finetune(
     net = copy.deepcopy(snn)
     log = log if log is not None else FinetuneLog(T)
     neurons = dict(net.spiking_layers())
-    surrogates = {name: SurrogateIF(n) for name, n in neurons.items()}
+    if not (math.isfinite(surrogate_width) and surrogate_width > 0):
+        raise ValueError(f"finetune: surrogate_width must be > 0, got {surrogate_width!r}")
+    surrogates = {name: SurrogateIF(n, surrogate_width) for name, n in neurons.items()}
     _put(net, surrogates)
     for s in surrogates.values():
         s.log_threshold.requires_grad_(thresholds)
