@@ -296,7 +296,7 @@ def calibrate(
             or ``"cos"`` (offset spikes detected and removed per sample at inference, ρ
             extra steps per layer; Hao et al. 2023); see the module doc. ``"potential"`` is
             the default: on the demo CNN and a 10-epoch ResNet-20 it beat ``"bias"`` at
-            T = 1 and 2 without adding a step (docs/benchmarks.md §9).
+            T = 1 and 2 without adding a step (docs/benchmarks.md §9b).
         batches: how many batches of ``data`` to measure each layer on.
         sleep: sleep steps after the wake steps (consistent IF); the rate stays per wake
             step.

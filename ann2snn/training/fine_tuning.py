@@ -142,7 +142,7 @@ def finetune(
             the cross-entropy of the time-averaged output.
         epochs: passes over ``data``; a fraction trains on that share of its batches (at
             T = 2 one pass costs about 2–3 ANN epochs of compute: see
-            docs/benchmarks.md §9 for the measured seconds).
+            docs/benchmarks.md §9b for the measured seconds).
         lr, momentum, weight_decay: SGD's.
         thresholds: also train each layer's θ (as log θ); False keeps them.
         cosine: decay the learning rate from ``lr`` to 0 along a cosine over the run;
