@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
 import errno
 import json
 import sys
@@ -809,12 +810,22 @@ def _disk_message(command: str, err: OSError) -> str:
 
 
 def _close_process_group() -> None:
-    """Under torchrun: leave the process group before the interpreter exits (a gloo group
-    left open can abort its process at exit: "terminate called without an active
-    exception", exit code −6, after the work was done)."""
+    """Under torchrun: leave the process group together, then before the interpreter exits.
+    A gloo group left open, or torn down by one rank while another still uses it, can abort
+    a process after the work was done ("terminate called without an active exception",
+    exit code −6: seen about once in four runs on a loaded machine). Every rank waits for
+    the others first — at most a minute, so a rank that died cannot hang the rest."""
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except RuntimeError:  # a rank is gone: leave anyway
+        pass
+    dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
