@@ -16,6 +16,7 @@ from typing import Any
 from ._io import VERSION
 from .calibration import CALIBRATION_METHODS
 from .data import list_datasets
+from .deploy.nir import NIR_PROFILES
 from .models import list_models
 from .nn import list_activations, list_neurons
 from .training import PRESETS, TrainConfig
@@ -432,6 +433,13 @@ def _add_export(sub: Any) -> None:
         help="NIR graph, ONNX with T unrolled, or a torch.export program (.pt2)",
     )
     x.add_argument("--T", type=POS, help="ONNX/torch: time steps unrolled (default: 4)")
+    x.add_argument(
+        "--profile",
+        choices=NIR_PROFILES,
+        default="ann2snn",
+        help="NIR: 'sum-pool' writes average pools as SumPool2d with 1/k² in the next weights "
+        "(what Norse and sinabs map)",
+    )
     x.add_argument("--force", action="store_true", help="replace an existing output file")
     x.add_argument("--neuron", default="if", choices=list_neurons(), help="the SNN's neuron")
     x.add_argument("--tau", type=POS, help="GN: members per group (default: the ANN's L)")
@@ -774,6 +782,7 @@ def _export(args: argparse.Namespace) -> int:
         binary=args.binary,
         sleep=args.sleep,
         time_input=args.time_input,
+        profile=args.profile,
         data_dir=args.data_dir,
         trust_code=args.trust_code,
         force=args.force,

@@ -245,10 +245,14 @@ def example_input(record: RunRecord | dict, data_dir: str | None = None) -> Tens
     return torch.zeros_like(x[:2]).cpu()
 
 
-def _check_export_args(fmt: str, T: int | None, sleep: int, time_input: bool) -> None:
+def _check_export_args(
+    fmt: str, T: int | None, sleep: int, time_input: bool, profile: str = "ann2snn"
+) -> None:
     """Refuse a format that does not exist and options the chosen format would ignore."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export: format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if profile != "ann2snn" and fmt != "nir":
+        raise ValueError(f"export: --profile {profile} is a NIR profile; {fmt} has none")
     if T is not None:
         positive_int("T", T)
     if sleep and fmt != "nir":
@@ -276,6 +280,7 @@ def export_run(
     data_dir: str | None = None,
     trust_code: bool = False,
     force: bool = False,
+    profile: str = "ann2snn",
     **options: Any,
 ) -> tuple[Path, list[str]]:
     """What ``ann2snn export`` does: load a trained run, convert it with ``neuron`` and
@@ -287,7 +292,7 @@ def export_run(
     or not at all; it is never a run's checkpoint file, and an existing file is replaced
     only with ``force``.
     """
-    _check_export_args(fmt, T, sleep, time_input)
+    _check_export_args(fmt, T, sleep, time_input, profile)
     out = check_output(out, force, "export: --out")
     T = 4 if T is None else T
     model = load(checkpoint, map_location="cpu", trust_code=trust_code)
@@ -300,7 +305,7 @@ def export_run(
     snn = convert(model, neuron, calibration=calibration, **options)
     example = example_input(record, data_dir)
     if fmt == "nir":
-        return out, export_nir(snn, out, example, sleep=sleep)
+        return out, export_nir(snn, out, example, sleep=sleep, profile=profile)
     if fmt == "onnx":
         return export_onnx(snn, out, example, T, time_input, binary), []
     export_program(snn, example, T, out, time_input, binary)

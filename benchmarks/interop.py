@@ -1,6 +1,8 @@
 """Other simulators running ann2snn's SNNs: test accuracy at each T in ann2snn, in
 SpikingJelly through `ann2snn.deploy.to_spikingjelly` (its own ``IFNode``s, reset by
-subtraction), and in SpikingJelly reading the NIR file (``import_from_nir(path, dt=1.0)``).
+subtraction), in SpikingJelly reading the NIR file (``import_from_nir(path, dt=1.0)``), and in
+sinabs and Norse reading the ``sum-pool`` profile's file (when installed; the error they raise
+otherwise).
 
     python benchmarks/interop.py runs/demo/qcfs --T 1,2,4,8,16
 
@@ -72,6 +74,49 @@ def _nir_reader(snn: Any, example: torch.Tensor) -> tuple[Any, Any]:
     return step, state.clear
 
 
+def _sum_pool_readers(snn: Any, example: torch.Tensor, data: Any, steps: list[int]) -> dict:
+    """sinabs and Norse on ``export_nir(..., profile="sum-pool")``: accuracy or the error."""
+    import nir
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_nir(snn, Path(tmp) / "net.nir", example, profile="sum-pool")
+        graph = nir.read(str(Path(tmp) / "net.nir"))
+    for name, make in (("sinabs", _sinabs), ("norse", _norse)):
+        try:
+            step, reset = make(graph)
+            out[f"{name} (sum-pool profile)"] = _stepped(step, reset, data, steps)
+        except Exception as err:  # noqa: BLE001 - a reader's failure is the result
+            out[f"{name} (sum-pool profile)"] = f"{type(err).__name__}: {str(err)[:200]}"
+    return out
+
+
+def _sinabs(graph: Any) -> tuple[Any, Any]:
+    import sinabs
+
+    state: dict[str, Any] = {}
+
+    def step(x: torch.Tensor) -> torch.Tensor:  # one step: sinabs takes [B·T, ...], T = 1
+        if "net" not in state:
+            state["net"] = sinabs.from_nir(graph, batch_size=x.shape[0])
+        out, _ = state["net"](x)
+        return out
+
+    return step, state.clear
+
+
+def _norse(graph: Any) -> tuple[Any, Any]:
+    import norse.torch as norse
+
+    net, state = norse.from_nir(graph), {}
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        out, state["s"] = net(x, state.get("s"))
+        return out
+
+    return step, state.clear
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -96,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             step, reset = _nir_reader(snn, example)
             row["spikingjelly (import_from_nir, dt=1)"] = _stepped(step, reset, loaders.test,
                                                                     args.T)  # fmt: skip
+            row.update(_sum_pool_readers(snn, example, loaders.test, args.T))
         rows.append(row)
         print(row, file=sys.stderr)
     results = {
@@ -121,6 +167,8 @@ def format_table(results: dict[str, Any], steps: list[int]) -> str:
             if isinstance(acc, dict):
                 cells = [f"{100 * acc[str(t)]:.2f}" for t in steps]
                 lines.append("| " + " | ".join([name, sim, *cells]) + " |")
+            elif "(" in sim:  # a reader that could not run the file: its error
+                lines.append(f"| {name} | {sim} | {acc} |" + " |" * (len(steps) - 1))
     return "\n".join(lines)
 
 

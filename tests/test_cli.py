@@ -509,6 +509,7 @@ def test_exports_never_replace_a_run_and_refuse_what_their_format_ignores(run_di
         (["--format", "nir", "--T", "8", "--out", str(tmp_path / "a.nir")], "--T shapes an unrolled"),
         (["--format", "nir", "--time-input", "--out", str(tmp_path / "a.nir")], "--time-input shapes"),
         (["--format", "onnx", "--T", "100000", "--out", str(tmp_path / "a.onnx")], "at most 1024"),
+        (["--format", "onnx", "--profile", "sum-pool", "--out", str(tmp_path / "a.onnx")], "is a NIR profile"),
     ]  # fmt: skip
     for args, message in cases:
         assert main(["export", str(run_dir), *args]) == 2, args

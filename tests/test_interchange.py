@@ -102,3 +102,35 @@ def test_ceil_mode_pool_is_refused_by_name_unless_its_windows_fit(size, exported
     with pytest.raises(NIRExportError, match=r"average pool '2'.*ceil_mode=True.*5×5 input"):
         export_nir(snn, path, x)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("case", ["cnn-if", "cnn-gn", "resnet20-if"])
+def test_sum_pool_profile_writes_sum_pools_and_imports_to_the_same_network(case, tmp_path):
+    """profile='sum-pool' (the pooling node Norse and sinabs map): every average pool is a
+    SumPool2d, its 1/k² in the next weights; the file reads back to the same network."""
+    make, neuron, opts = CASES[case]
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2
+    snn = convert(make(), neuron, **opts)
+    plain, summed = tmp_path / "avg.nir", tmp_path / "sum.nir"
+    export_nir(snn, plain, x)
+    export_nir(snn, summed, x, profile="sum-pool")
+    kinds = lambda p: [type(n).__name__ for n in nir.read(str(p)).nodes.values()]  # noqa: E731
+    assert "AvgPool2d" in kinds(plain) and "AvgPool2d" not in kinds(summed)
+    assert kinds(summed).count("SumPool2d") == kinds(plain).count("AvgPool2d")
+    assert nir.read(str(summed)).metadata["ann2snn"]["profile"] == "sum-pool"
+    got, _ = _spikes(import_nir(summed).double(), x)
+    ref, _ = _spikes(import_nir(plain).double(), x)
+    assert_same_outputs(got, ref, exact=False)
+
+
+def test_sum_pool_profile_refuses_a_pool_without_weights_after_it(tmp_path):
+    from torch import nn
+
+    from ann2snn import QCFS
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), QCFS(4, init_threshold=1.0), nn.AvgPool2d(2)).eval()
+    snn = convert(model, "if")
+    with pytest.raises(NIRExportError, match="average pool .* feeds Output .* profile='ann2snn'"):
+        export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="sum-pool")
+    with pytest.raises(ValueError, match="profile must be one of ann2snn, sum-pool"):
+        export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="norse")

@@ -240,7 +240,19 @@ def _reader_losses(net: SpikingNetwork, sleep: int) -> list[str]:
     return lost
 
 
-def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: int = 0) -> list[str]:
+#: What `export_nir` can write: ``"ann2snn"`` (the lossless file, NIR's node types as ann2snn
+#: maps them) or ``"sum-pool"`` (average pooling written as NIR's ``SumPool2d`` with its 1/k²
+#: folded into the weights of the layer that reads it: the pooling node Norse and sinabs map).
+NIR_PROFILES = ("ann2snn", "sum-pool")
+
+
+def export_nir(
+    snn: SpikingNetwork,
+    path: str | Path,
+    example: Tensor,
+    sleep: int = 0,
+    profile: str = "ann2snn",
+) -> list[str]:
     """Write ``snn`` as a NIR graph (binary spikes, θ in the weights) to ``path``.
 
     Args:
@@ -248,12 +260,18 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
         path: the ``.nir`` file (HDF5) to write.
         example: one input batch ``[B, ...]`` (shapes of every node).
         sleep: CASC's sleep steps after the wake steps, recorded in the graph metadata.
+        profile: one of `NIR_PROFILES`; every profile's file imports back to the same
+            network (`import_nir`).
 
     Returns:
         What readers other than ann2snn lose, one line per layer (also in the file's
         metadata under ``ann2snn.reader_losses``).
     """
     nir = _nir()
+    if profile not in NIR_PROFILES:
+        raise ValueError(
+            f"export_nir: profile must be one of {', '.join(NIR_PROFILES)}, got {profile!r}"
+        )
     refuse_presimulation(snn, "NIR")
     net = snn if is_binarized(snn) else binarize(snn, example)
     gm = net.body
@@ -283,9 +301,12 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
             source[node] = [node.name]
         else:
             raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")
+    if profile == "sum-pool":
+        _sum_pooled(nir, nodes, edges)
     losses = _reader_losses(net, sleep)
     meta = {
         "ann2snn": {
+            "profile": profile,
             "format": FORMAT,
             "neuron": snn.neuron,
             "layers": list(net.layers),
@@ -303,6 +324,41 @@ def export_nir(snn: SpikingNetwork, path: str | Path, example: Tensor, sleep: in
     with staged_output(path) as tmp:  # an existing file is replaced whole, or not at all
         nir.write(str(tmp), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
     return losses
+
+
+def _sum_pooled(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]]) -> None:
+    """Average pools → ``SumPool2d``, each 1/k² folded into the weights of the layers that
+    read the pool (through ``Flatten``); refused by name where a reader of the pool has no
+    weights to take it."""
+    readers: dict[str, list[str]] = {}
+    for src, dst in edges:
+        readers.setdefault(src, []).append(dst)
+    for name, node in list(nodes.items()):
+        if not isinstance(node, nir.AvgPool2d):
+            continue
+        area = float(np.prod(np.atleast_1d(node.kernel_size)))
+        if np.atleast_1d(node.kernel_size).size == 1:
+            area *= area
+        todo, weighted = list(readers.get(name, [])), []
+        while todo:
+            dst = todo.pop()
+            if isinstance(nodes[dst], nir.Flatten):
+                todo += readers.get(dst, [])
+            elif isinstance(nodes[dst], nir.Conv2d | nir.Affine | nir.Linear) and all(
+                s == name or isinstance(nodes[s], nir.Flatten) for s, d in edges if d == dst
+            ):
+                weighted.append(dst)
+            else:
+                raise NIRExportError(
+                    f"NIR export (profile 'sum-pool'): average pool {name!r} feeds "
+                    f"{type(nodes[dst]).__name__} {dst!r}, which has no weights to take its "
+                    "1/k²; export with profile='ann2snn'"
+                )
+        for dst in set(weighted):
+            nodes[dst].weight = nodes[dst].weight / area
+        nodes[name] = nir.SumPool2d(
+            kernel_size=node.kernel_size, stride=node.stride, padding=node.padding
+        )
 
 
 # ----------------------------------------------------------------------------- import
@@ -441,10 +497,13 @@ def _module_for(nir, key: str, node: Any, metadata: bool = True) -> nn.Module:
             if isinstance(node, nir.Affine):
                 lin.bias.copy_(t("bias", node.bias))
         return lin
-    if isinstance(node, nir.AvgPool2d):
+    if isinstance(node, nir.AvgPool2d | nir.SumPool2d):
         as_tuple = lambda a: tuple(int(v) for v in np.atleast_1d(a))  # noqa: E731
+        # A sum pool is an average pool that does not divide (count_include_pad: NIR pads
+        # with zeros).
+        divisor = {"divisor_override": 1} if isinstance(node, nir.SumPool2d) else {}
         return nn.AvgPool2d(
-            as_tuple(node.kernel_size), as_tuple(node.stride), as_tuple(node.padding)
+            as_tuple(node.kernel_size), as_tuple(node.stride), as_tuple(node.padding), **divisor
         )
     if isinstance(node, nir.Flatten):
         return nn.Flatten(int(node.start_dim) + 1, -1)
