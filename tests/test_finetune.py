@@ -82,3 +82,12 @@ def test_finetune_takes_one_batch_and_residual_networks_and_maps_back_to_its_ann
     # The ANN with the SNN's weights and λ = θ converts back to the same SNN, exactly.
     back = convert(to_ann(tuned, model), "if")
     assert torch.equal(run(back, x, T=2), run(tuned, x, T=2))
+
+
+def test_a_log_passed_twice_counts_both_runs_and_each_run_trains_in_full():
+    snn = convert(make_vgg(), "if")
+    data, log = _task(), FinetuneLog(1)
+    finetune(snn, data, T=1, epochs=1, log=log)
+    again = finetune(snn, data, T=1, epochs=1, log=log)
+    assert len(log.losses) == 2 * len(data) and log.images == 2 * 64
+    assert again.config["finetune"]["images"] == 64  # this run's images

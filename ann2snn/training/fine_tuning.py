@@ -98,7 +98,12 @@ def _put(net: SpikingNetwork, modules: dict[str, nn.Module]) -> None:
         setattr(net.body.get_submodule(parent) if parent else net.body, leaf, module)
 
 
-def _check(snn: Any, T: int, epochs: float, lr: float) -> None:
+def _positive(name: str, value: Any) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"finetune: {name} must be a positive number, got {value!r}")
+
+
+def _check(snn: Any, T: int, epochs: float, lr: float, surrogate_width: float) -> None:
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(
             f"finetune: snn must be a SpikingNetwork (from ann2snn.convert), got "
@@ -112,10 +117,9 @@ def _check(snn: Any, T: int, epochs: float, lr: float) -> None:
             + (" (binarized)" if snn.config.get("binary") else "")
         )
     positive_int("T", T)
-    if not (isinstance(epochs, int | float) and math.isfinite(epochs) and epochs > 0):
-        raise ValueError(f"finetune: epochs must be a positive number, got {epochs!r}")
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"finetune: lr must be a positive number, got {lr!r}")
+    _positive("epochs", epochs)
+    _positive("lr", lr)
+    _positive("surrogate_width", surrogate_width)
 
 
 def finetune(
@@ -156,14 +160,12 @@ def finetune(
     Returns:
         A network of IF neurons with the trained weights and thresholds.
     """
-    _check(snn, T, epochs, lr)
+    _check(snn, T, epochs, lr, surrogate_width)
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
         data = [data]  # one (x, y) batch, as simulate takes it
     net = copy.deepcopy(snn)
     log = log if log is not None else FinetuneLog(T)
     neurons = dict(net.spiking_layers())
-    if not (math.isfinite(surrogate_width) and surrogate_width > 0):
-        raise ValueError(f"finetune: surrogate_width must be > 0, got {surrogate_width!r}")
     surrogates = {name: SurrogateIF(n, surrogate_width) for name, n in neurons.items()}
     _put(net, surrogates)
     for s in surrogates.values():
@@ -172,22 +174,24 @@ def finetune(
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     dev = device_of(net)
     total = max(1, math.ceil(epochs * len(data)))
-    start = time.perf_counter()
+    # This run's steps and images (a `log` passed in may already hold another run's).
+    start, step, seen = time.perf_counter(), 0, 0
     net.eval()  # BatchNorm: running statistics, frozen
-    while len(log.losses) < total:
+    while step < total:
         for x, y in data:
             x, y = x.to(dev), y.to(dev)
             out = net(x.unsqueeze(0).expand(T, *x.shape)).mean(0)  # [B, classes]
             loss = F.cross_entropy(out, y)
             if cosine:  # lr · ½(1 + cos(π·step/steps))
                 for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * len(log.losses) / total))
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             log.losses.append(float(loss.detach()))
             log.images += int(x.shape[0])
-            if len(log.losses) >= total:
+            step, seen = step + 1, seen + int(x.shape[0])
+            if step >= total:
                 break
     log.seconds = time.perf_counter() - start
     with torch.no_grad():  # the IF neurons back, with the trained θ
@@ -196,7 +200,7 @@ def finetune(
     _put(net, neurons)
     for p in net.parameters():
         p.requires_grad_(False)
-    net.config = {**net.config, "finetune": {"T": T, "images": log.images, "lr": lr}}
+    net.config = {**net.config, "finetune": {"T": T, "images": seen, "lr": lr}}
     return net.reset()
 
 
