@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import struct
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ __all__ = [
     "RunRecord",
     "check_same_run",
     "run_ids",
+    "new_run_id",
 ]
 
 FORMAT = "ann2snn-checkpoint"
@@ -392,6 +394,11 @@ def _read_checkpoint(path: str | os.PathLike) -> tuple[Path, dict, dict[str, Ten
     record = load_record(json_path)
     check_same_run(json_path, record)
     return json_path, record, _read_tensors(json_path, record)
+
+
+def new_run_id() -> str:
+    """A fresh id for a new run, shared by all its records (`check_same_run`)."""
+    return uuid.uuid4().hex[:16]
 
 
 def run_ids(run_dir: Path) -> dict[str, str]:

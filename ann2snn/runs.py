@@ -331,14 +331,14 @@ def finetune_run(
     ``out`` must not hold a run: nothing is ever written over a run's checkpoints. The
     folder is written atomically at the end: an interrupted fine-tune leaves no partial
     run, and the same command starts it again."""
-    from ._io import sha256_file
-    from .checkpoint import save_checkpoint
+    from .checkpoint import new_run_id, save_checkpoint
     from .training import FinetuneLog, finetune, to_ann
+    from .training.resume import has_run
 
     positive_int("T", T)
 
     out = Path(out)
-    if any((out / name).exists() for name in ("best.json", "last.json", "resume.json")):
+    if has_run(out):
         raise FileExistsError(
             f"--out {out} already holds a run; its checkpoints are never replaced — "
             "choose another --out"
@@ -361,8 +361,6 @@ def finetune_run(
     )
     log = FinetuneLog(T)
     tuned = finetune(convert(model, "if"), loaders.train, T, epochs=epochs, lr=lr, log=log)
-    source = Path(checkpoint)
-    source_json = source / "best.json" if (source / "best.json").exists() else source
     entry = {
         "source": str(checkpoint),
         "T": T,
@@ -372,10 +370,9 @@ def finetune_run(
         "seconds": log.seconds,
         "loss_first": log.losses[0],
         "loss_last": log.losses[-1],
+        # The record `load` verified and built the model from (best.json, else last.json).
+        "source_record_sha256": record.get("record_sha256"),
     }
-    if source_json.is_file():
-        entry["source_sha256"] = sha256_file(source_json)
-    import uuid
 
     # The source's description of the model and data; what was measured is not carried.
     dropped = (
@@ -391,8 +388,6 @@ def finetune_run(
         "versions",
     )
     new = {k: v for k, v in record.raw.items() if k not in dropped}
-    new.update(
-        finetune=entry, run_id=uuid.uuid4().hex[:16], metrics={"history": [], "units": "percent"}
-    )
+    new.update(finetune=entry, run_id=new_run_id(), metrics={"history": [], "units": "percent"})
     save_checkpoint(out, to_ann(tuned, model).cpu(), new, tag="best")
     return out, entry

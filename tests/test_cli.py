@@ -607,6 +607,8 @@ def test_finetune_writes_a_run_that_eval_simulates_and_never_replaces_one(
     record = load_record(out)
     assert record["finetune"]["T"] == 2 and record["finetune"]["images"] > 0
     assert record["run_id"] != load_record(run_dir)["run_id"]
+    source = load_record(run_dir)  # the record the fine-tune started from, by its hash
+    assert record["finetune"]["source_record_sha256"] == source["record_sha256"]
     # The saved ANN converts back to the fine-tuned SNN: eval runs it like any run.
     report = _eval_json(out, data_dir, tmp_path / "e", "--T", "1,2", capsys=capsys)
     assert set(report["rows"][0]["accuracy_by_wake"]) == {"1", "2"}

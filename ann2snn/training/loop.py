@@ -26,7 +26,6 @@ import contextlib
 import math
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .._progress import ProgressBar
-from ..checkpoint import clean_orphans, save_checkpoint, save_resume_state
+from ..checkpoint import clean_orphans, new_run_id, save_checkpoint, save_resume_state
 from ..methods import epoch_hook
 from ..models.external import is_external
 from .config import TrainConfig
@@ -175,7 +174,7 @@ def _new_record(
         "extra": {},
         "seed": config.seed,
         # Shared by every record of the run: files copied in from another run are refused.
-        "run_id": uuid.uuid4().hex[:16],
+        "run_id": new_run_id(),
     }
     if task.detection:
         record["task"] = "detection"
