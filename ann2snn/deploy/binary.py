@@ -33,6 +33,7 @@ from ..conversion.passes import PassContext, fold_batchnorm
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, GroupNeuron, IFNeuron, SpikingNeuron
 from ..nn.state import state_tensor
+from ..simulation.schedule import presim_steps
 
 __all__ = [
     "refuse_presimulation",
@@ -90,11 +91,11 @@ class MemberSum(nn.Module):
 def refuse_presimulation(snn: nn.Module, fmt: str) -> None:
     """Exports cannot say COS's per-sample pre-simulation (a data-dependent v(0)): refuse
     a network calibrated with ``method="cos"`` by name instead of writing a different one."""
-    layers = [name for name, m in snn.named_modules() if getattr(m, "presim", 0)]
-    if layers:
+    if rho := presim_steps(snn):
+        layers = sum(1 for m in snn.modules() if getattr(m, "presim", 0))
         raise ValueError(
-            f"{fmt} export: this network uses offset-spike calibration (COS: {len(layers)} "
-            f"layers pre-simulate {snn.get_submodule(layers[0]).presim} steps "
+            f"{fmt} export: this network uses offset-spike calibration (COS: {layers} "
+            f"layers pre-simulate {rho} steps "
             "per sample before running), which no exported graph can express; export the "
             "network before calibrate(..., method='cos'), or calibrate with 'potential'"
         )

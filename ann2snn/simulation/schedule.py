@@ -91,8 +91,9 @@ def _chunk_steps(batch: int, max_fold: int) -> int:
 
 
 def presim_steps(snn: SpikingNetwork) -> int:
-    """ρ of a COS-calibrated network (`ann2snn.calibrate(..., method="cos")`), else 0."""
-    return int((snn.config.get("calibration") or {}).get("rho") or 0)
+    """ρ of a COS-calibrated network (`ann2snn.calibrate(..., method="cos")`), else 0: the
+    most steps any of its neurons pre-simulates (the neurons hold it; the config records it)."""
+    return max((int(getattr(m, "presim", 0)) for m in snn.modules()), default=0)
 
 
 def run_schedule(
