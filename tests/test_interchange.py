@@ -132,5 +132,7 @@ def test_sum_pool_profile_refuses_a_pool_without_weights_after_it(tmp_path):
     snn = convert(model, "if")
     with pytest.raises(NIRExportError, match="average pool .* feeds Output .* profile='ann2snn'"):
         export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="sum-pool")
-    with pytest.raises(ValueError, match="profile must be one of ann2snn, sum-pool"):
+    with pytest.raises(
+        ValueError, match="profile must be one of 'ann2snn', 'sum-pool', got 'norse'"
+    ):
         export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="norse")

@@ -29,6 +29,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .._io import check_free_space, staged_output
+from .._util import one_of
 from ..nn.network import SpikingNetwork
 from ..nn.neurons import ConsistentIF, IFNeuron, SpikingNeuron
 from .binary import (
@@ -268,10 +269,7 @@ def export_nir(
         metadata under ``ann2snn.reader_losses``).
     """
     nir = _nir()
-    if profile not in NIR_PROFILES:
-        raise ValueError(
-            f"export_nir: profile must be one of {', '.join(NIR_PROFILES)}, got {profile!r}"
-        )
+    one_of("export_nir: profile", profile, NIR_PROFILES)
     refuse_presimulation(snn, "NIR")
     net = snn if is_binarized(snn) else binarize(snn, example)
     gm = net.body
