@@ -35,7 +35,7 @@ def format_table(
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         label = r["label"]
-        presim = _presim(r)
+        presim = r.get("presim_steps")  # COS: steps each layer pre-simulates, in total
         if r.get("total_steps_by_wake") and r.get("sleep"):  # one run per T, then the sleep
             label += f" (T wake + {r['sleep']} sleep)"
         elif presim:  # COS: every layer pre-simulates before its first real step
@@ -47,11 +47,6 @@ def format_table(
         cells += [_pct(acc.get(str(t))) for t in steps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _presim(row: dict[str, Any]) -> int:
-    """COS pre-simulation steps behind a row's results (0 for every other method)."""
-    return int(row.get("presim_steps") or 0)
 
 
 def format_cost_table(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> str:

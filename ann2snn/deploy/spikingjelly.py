@@ -48,9 +48,9 @@ class SpikingJellyNetwork(nn.Module):
     """
 
     def __init__(self, body: nn.Module, initial: dict[str, Tensor]):
+        """``initial``: neuron path → its v(0) (a scalar or per neuron ``[C, ...]``)."""
         super().__init__()
         self.body = body
-        self.initial = initial  # neuron path → v(0): a scalar or per neuron [C, ...]
         functional, _ = _spikingjelly()
         self._reset_net = functional.reset_net
         for name, v0 in initial.items():
