@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo demo-detection test test-seams test-all integrations docs lint format clean
+.PHONY: venv data demo demo-detection test test-seams test-all integrations interop docs lint format clean
 
 # The environment is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -54,8 +54,20 @@ integrations: venv
 	$(BIN)/python -m pip install -q --no-deps "spikingjelly==2.0.0"
 	$(BIN)/python -m pip install -q "loguru>=0.7" "nirtorch>=2.0"
 
+# Other simulators that read our NIR files, for tests/test_interop.py and
+# benchmarks/interop.py: Norse and snnTorch beside SpikingJelly in $(VENV); sinabs pins
+# nir <= 1.0.4 (we write with nir >= 1.0.8), so it gets a side environment, .venv-interop,
+# that sees $(VENV)'s packages (torch, ...) behind its own nir 1.0.4 and nirtorch.
+SIDE := .venv-interop
+interop: integrations
+	$(BIN)/python -m pip install -q -e ".[dev,interop]"
+	test -x $(SIDE)/bin/python || $(PYTHON) -m venv $(SIDE)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+		"$$($(SIDE)/bin/python -c 'import site; print(site.getsitepackages()[0])')/ann2snn-main.pth"
+	$(SIDE)/bin/python -m pip install -q "sinabs==3.1.3" "nir==1.0.4"
+
 # Everything, including slow real-data runs and the integrations (GPU tests skip without a GPU).
-test-all: venv data integrations
+test-all: venv data interop
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 # The documentation site in site/: README, guides and the API reference (docs/api.md,
@@ -77,4 +89,4 @@ format: venv
 	$(BIN)/ruff check --fix ann2snn tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site
+	rm -rf $(VENV) $(SIDE) .pytest_cache .ruff_cache *.egg-info site

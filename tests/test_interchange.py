@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_binarization import CASES, _spikes, assert_same_outputs
@@ -10,7 +11,7 @@ from ann2snn import binarize, convert
 
 nir = pytest.importorskip("nir")
 
-from ann2snn.deploy.nir import NIRExportError, export_nir, import_nir  # noqa: E402
+from ann2snn.deploy.nir import NIR_PROFILES, NIRExportError, export_nir, import_nir  # noqa: E402
 
 
 @pytest.mark.parametrize("case", ["cnn-if", "cnn-gn", "resnet20-if", "resnet20-gn", "resnet20-cif"])
@@ -104,35 +105,92 @@ def test_ceil_mode_pool_is_refused_by_name_unless_its_windows_fit(size, exported
     assert not path.exists()
 
 
-@pytest.mark.parametrize("case", ["cnn-if", "cnn-gn", "resnet20-if"])
-def test_sum_pool_profile_writes_sum_pools_and_imports_to_the_same_network(case, tmp_path):
-    """profile='sum-pool' (the pooling node Norse and sinabs map): every average pool is a
-    SumPool2d, its 1/k² in the next weights; the file reads back to the same network."""
+def _kinds(path) -> list[str]:
+    return [type(n).__name__ for n in nir.read(str(path)).nodes.values()]
+
+
+@pytest.mark.parametrize("profile", [p for p in NIR_PROFILES if p != "ann2snn"])
+@pytest.mark.parametrize("case", ["cnn-if", "cnn-gn", "resnet20-if", "resnet20-gn"])
+def test_every_profile_imports_back_to_the_same_network(case, profile, tmp_path):
+    """Each reader's file holds the same network: read back by ann2snn (its metadata), it
+    runs as the ``ann2snn`` file does at every step."""
     make, neuron, opts = CASES[case]
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2
     snn = convert(make(), neuron, **opts)
-    plain, summed = tmp_path / "avg.nir", tmp_path / "sum.nir"
+    plain, theirs = tmp_path / "ann2snn.nir", tmp_path / f"{profile}.nir"
     export_nir(snn, plain, x)
-    export_nir(snn, summed, x, profile="sum-pool")
-    kinds = lambda p: [type(n).__name__ for n in nir.read(str(p)).nodes.values()]  # noqa: E731
-    assert "AvgPool2d" in kinds(plain) and "AvgPool2d" not in kinds(summed)
-    assert kinds(summed).count("SumPool2d") == kinds(plain).count("AvgPool2d")
-    assert nir.read(str(summed)).metadata["ann2snn"]["profile"] == "sum-pool"
-    got, _ = _spikes(import_nir(summed).double(), x)
+    losses = export_nir(snn, theirs, x, profile=profile)
+    assert len(losses) >= len(snn.layers)
+    assert nir.read(str(theirs)).metadata["ann2snn"]["profile"] == profile
+    got, _ = _spikes(import_nir(theirs).double(), x)
     ref, _ = _spikes(import_nir(plain).double(), x)
     assert_same_outputs(got, ref, exact=False)
 
 
-def test_sum_pool_profile_refuses_a_pool_without_weights_after_it(tmp_path):
+@pytest.mark.parametrize("case", ["cnn-gn", "resnet20-if"])
+def test_profiles_write_what_their_readers_map(case, tmp_path):
+    make, neuron, opts = CASES[case]
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2
+    snn = convert(make(), neuron, **opts)
+    files = {p: tmp_path / f"{p}.nir" for p in NIR_PROFILES}
+    for p, path in files.items():
+        export_nir(snn, path, x, profile=p)
+    kinds = {p: _kinds(path) for p, path in files.items()}
+    # Pooling: Norse and sinabs map SumPool2d only, one per average pool.
+    for p in ("sinabs", "norse"):
+        assert "AvgPool2d" not in kinds[p]
+        assert kinds[p].count("SumPool2d") == kinds["ann2snn"].count("AvgPool2d")
+    # No Scale node for the readers (none maps it): diagonal maps, additions as edges.
+    for p in ("spikingjelly", "sinabs", "norse", "snntorch"):
+        assert "Scale" not in kinds[p]
+    # Readers that give Flatten.start_dim to torch: one Flatten, at the output, start_dim 1.
+    for p in ("norse", "snntorch"):
+        graph = nir.read(str(files[p]))
+        flats = [n for n in graph.nodes.values() if isinstance(n, nir.Flatten)]
+        assert len(flats) == 1 and flats[0].start_dim == 1
+        assert ("flatten_output", "output") in graph.edges
+    # The step: SpikingJelly checks r = 1/dt (dt = 1e-4); snnTorch gets leak-free LIFs.
+    sj = nir.read(str(files["spikingjelly"]))
+    assert all(np.allclose(n.r, 1e4) for n in sj.nodes.values() if isinstance(n, nir.IF))
+    assert "IF" not in kinds["snntorch"] and "LIF" in kinds["snntorch"]
+    lifs = [n for n in nir.read(str(files["snntorch"])).nodes.values() if isinstance(n, nir.LIF)]
+    assert all(np.all(1 - 1e-4 / n.tau.astype(np.float32) == np.float32(1)) for n in lifs)
+
+
+def test_the_sinabs_file_is_in_the_schema_nir_1_0_4_reads(tmp_path):
+    """nir <= 1.0.4 (sinabs' pin) passes a node's metadata to constructors that take none
+    and has no v_reset: neither is in the file where that reader would trip on it."""
+    import h5py
+
+    make, neuron, opts = CASES["resnet20-gn"]
+    path = tmp_path / "s.nir"
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    export_nir(convert(make(), neuron, **opts), path, x, profile="sinabs")
+    with h5py.File(path) as f:
+        for key, node in f["node"]["nodes"].items():
+            assert "v_reset" not in node, key
+            if node["type"][()] in (b"Conv2d", b"Scale", b"Input", b"Output", b"Linear"):
+                assert "metadata" not in node, key
+
+
+def test_sum_pool_profiles_refuse_a_pool_without_weights_after_it(tmp_path):
     from torch import nn
 
     from ann2snn import QCFS
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), QCFS(4, init_threshold=1.0), nn.AvgPool2d(2)).eval()
     snn = convert(model, "if")
-    with pytest.raises(NIRExportError, match="average pool .* feeds Output .* profile='ann2snn'"):
-        export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="sum-pool")
-    with pytest.raises(
-        ValueError, match="profile must be one of 'ann2snn', 'sum-pool', got 'norse'"
-    ):
-        export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="norse")
+    for profile in ("sinabs", "norse"):
+        with pytest.raises(
+            NIRExportError, match=f"profile '{profile}'.*average pool .* feeds Output"
+        ):
+            export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile=profile)
+    assert not (tmp_path / "x.nir").exists()
+    padded = nn.Sequential(nn.Conv2d(1, 2, 3), QCFS(4, init_threshold=1.0),
+                           nn.AvgPool2d(2, padding=1), nn.Flatten(), nn.Linear(32, 3)).eval()  # fmt: skip
+    with pytest.raises(NIRExportError, match="'sinabs'.*pads its input.*no padding"):
+        export_nir(
+            convert(padded, "if"), tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="sinabs"
+        )
+    with pytest.raises(ValueError, match="profile must be one of 'ann2snn', 'nir', .*got 'lava'"):
+        export_nir(snn, tmp_path / "x.nir", torch.rand(2, 1, 8, 8), profile="lava")

@@ -1,13 +1,74 @@
-"""Running ann2snn's SNNs in other simulators (skipped where the simulator is absent;
-`make integrations` installs them)."""
+"""Running ann2snn's SNNs in other simulators (each test skips where its simulator is
+absent; `make interop` installs SpikingJelly, Norse and snnTorch, and sinabs in a side
+environment)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import images, make_resnet, make_vgg
+from conftest import images, make_resnet, make_vgg, randomize
 
 from ann2snn import calibrate, convert, run
+from ann2snn.deploy.readers import READERS, reader_available, run_reader
+
+
+def _demo_cnn(seed: int = 0) -> torch.nn.Module:
+    """The demo's architecture (the zoo's CNN, QCFS L = 4) with random weights and λ."""
+    from ann2snn.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("cnn", act="qcfs", levels=4, in_channels=1, image_size=28)
+    return randomize(model, seed + 7, lam_range=(0.5, 2.0))
+
+
+def _fmnist_like(batch: int, seed: int) -> torch.Tensor:
+    return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("neuron, options", [("if", {}), ("gn", {"tau": 4})])
+@pytest.mark.parametrize("reader", list(READERS))
+def test_each_reader_runs_its_profile_file_as_written_and_as_predicted(
+    reader, neuron, options, tmp_path
+):
+    """The demo CNN exported for ``reader`` loads there unmodified and computes, at every
+    step, what ``import_nir(path, reader=...)`` predicts: so the losses `export_nir`
+    lists are the only differences from ann2snn, and the docs' accuracies are the reader's."""
+    if reader_available(reader) is None:
+        pytest.skip(f"{reader} is not installed (make interop)")
+    from ann2snn.deploy.nir import export_nir, import_nir
+
+    snn = convert(_demo_cnn(), neuron, **options)
+    x, T = _fmnist_like(8, seed=1), 6
+    path = tmp_path / f"{reader}.nir"
+    losses = export_nir(snn, path, x, profile=reader)
+    assert len(losses) == len(snn.layers)  # one line per layer; nothing about the order
+    theirs = run_reader(reader, path, x, T)
+    predicted = import_nir(path, reader=reader).reset()(x.unsqueeze(0).expand(T, *x.shape))
+    torch.testing.assert_close(theirs, predicted, atol=1e-4, rtol=1e-4)
+    assert theirs.shape == (T, 8, 10)
+
+
+@pytest.mark.parametrize("reader", ["sinabs", "norse"])
+def test_a_depth_first_reader_on_a_projection_shortcut_is_named_not_silent(reader, tmp_path):
+    """nirtorch's GraphExecutor (sinabs, Norse) walks the graph depth first: a residual
+    block with a convolution on its shortcut joins before one of its inputs is computed,
+    and the reader returns another node's value. The export says so."""
+    if reader_available(reader) is None:
+        pytest.skip(f"{reader} is not installed (make interop)")
+    from ann2snn.deploy.nir import export_nir
+
+    snn = convert(make_resnet(), "if")
+    x = images(4, seed=2)
+    losses = export_nir(snn, tmp_path / "r.nir", x, profile=reader)
+    assert any("depth-first order" in line for line in losses)
+    assert any("not the output's" in line for line in losses)
+    assert run_reader(reader, tmp_path / "r.nir", x, 2).shape[-1] != 5  # not the 5 classes
+
+
+def test_run_reader_names_what_it_cannot_run(tmp_path):
+    with pytest.raises(ValueError, match="name must be one of spikingjelly, sinabs, .*'lava'"):
+        run_reader("lava", tmp_path / "x.nir", images(1), 1)
+
 
 sj = pytest.importorskip("spikingjelly.activation_based.neuron", exc_type=ImportError)
 

@@ -19,6 +19,7 @@ returns the list of what such a reader loses, per layer, so nothing is lost sile
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,19 @@ from .binary import (
     is_binarized,
     refuse_presimulation,
 )
+from .nir_profiles import (
+    NIR_PROFILES,
+    NIR_SPEC,
+    NIRExportError,
+    ReaderNeuron,
+    reader_losses,
+    rewrite,
+    to_schema_104,
+)
 
-__all__ = ["export_nir", "import_nir", "NIRExportError"]
+__all__ = ["export_nir", "import_nir", "NIRExportError", "NIR_PROFILES"]
 
 FORMAT = "ann2snn-nir/1"
-
-
-class NIRExportError(ValueError):
-    """The network holds an op NIR cannot express; the message names it."""
 
 
 def _nir():
@@ -223,30 +229,6 @@ def _map_node(nir, gm: fx.GraphModule, node: fx.Node):
     )
 
 
-def _reader_losses(net: SpikingNetwork, sleep: int) -> list[str]:
-    """What a reader that executes plain NIR IF nodes (no ann2snn metadata) loses."""
-    lost = []
-    for name, n in net.spiking_layers():
-        v0 = n.initial_membrane()
-        what = ["reset by subtraction (NIR IF resets to v_reset = 0)"]
-        if bool((torch.as_tensor(v0) != 0).any()):
-            what.append("the initial membrane v(0) (NIR IF starts at 0)")
-        if isinstance(n, ConsistentIF):
-            what.append("negative spikes and the count cap of the consistent IF")
-        lost.append(f"{name}: " + "; ".join(what))
-    if sleep:
-        lost.append(
-            "the wake/sleep schedule (sleep steps are input-free steps the reader must run)"
-        )
-    return lost
-
-
-#: What `export_nir` can write: ``"ann2snn"`` (the lossless file, NIR's node types as ann2snn
-#: maps them) or ``"sum-pool"`` (average pooling written as NIR's ``SumPool2d`` with its 1/k²
-#: folded into the weights of the layer that reads it: the pooling node Norse and sinabs map).
-NIR_PROFILES = ("ann2snn", "sum-pool")
-
-
 def export_nir(
     snn: SpikingNetwork,
     path: str | Path,
@@ -261,15 +243,19 @@ def export_nir(
         path: the ``.nir`` file (HDF5) to write.
         example: one input batch ``[B, ...]`` (shapes of every node).
         sleep: CASC's sleep steps after the wake steps, recorded in the graph metadata.
-        profile: one of `NIR_PROFILES`; every profile's file imports back to the same
-            network (`import_nir`).
+        profile: the reader the file is written for, a key of `NIR_PROFILES`
+            (``ann2snn``: lossless in ann2snn; ``nir``: NIR as specified; ``spikingjelly``,
+            ``sinabs``, ``norse``, ``snntorch``: a file that reader loads and runs as
+            written). Every profile's file imports back to the same network (`import_nir`).
 
     Returns:
-        What readers other than ann2snn lose, one line per layer (also in the file's
-        metadata under ``ann2snn.reader_losses``).
+        What that reader runs differently from ann2snn, one line per layer (for
+        ``ann2snn``: what a reader that ignores the metadata loses); also in the file's
+        metadata under ``ann2snn.reader_losses``.
     """
     nir = _nir()
     one_of("export_nir: profile", profile, NIR_PROFILES)
+    spec = NIR_PROFILES[profile]
     refuse_presimulation(snn, "NIR")
     net = snn if is_binarized(snn) else binarize(snn, example)
     gm = net.body
@@ -299,12 +285,14 @@ def export_nir(
             source[node] = [node.name]
         else:
             raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")
-    if profile == "sum-pool":
-        _sum_pooled(nir, nodes, edges)
-    losses = _reader_losses(net, sleep)
+    if spec.pooling == "sum":
+        _sum_pooled(nir, nodes, edges, profile)
+    losses = reader_losses(net, profile, sleep) + rewrite(nir, profile, nodes, edges)
     meta = {
         "ann2snn": {
             "profile": profile,
+            "dt": spec.dt,
+            "flatten": spec.flatten,
             "format": FORMAT,
             "neuron": snn.neuron,
             "layers": list(net.layers),
@@ -321,19 +309,29 @@ def export_nir(
     check_free_space(path, arrays, "the NIR file")
     with staged_output(path) as tmp:  # an existing file is replaced whole, or not at all
         nir.write(str(tmp), nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta))
+        if spec.schema == "1.0.4":
+            to_schema_104(tmp)
     return losses
 
 
-def _sum_pooled(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]]) -> None:
+def _sum_pooled(
+    nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]], profile: str
+) -> None:
     """Average pools → ``SumPool2d``, each 1/k² folded into the weights of the layers that
     read the pool (through ``Flatten``); refused by name where a reader of the pool has no
-    weights to take it."""
+    weights to take it, or where the pool pads (sinabs and Norse drop a sum pool's
+    padding)."""
     readers: dict[str, list[str]] = {}
     for src, dst in edges:
         readers.setdefault(src, []).append(dst)
     for name, node in list(nodes.items()):
         if not isinstance(node, nir.AvgPool2d):
             continue
+        if np.any(np.atleast_1d(node.padding)):
+            raise NIRExportError(
+                f"NIR export (profile {profile!r}): average pool {name!r} pads its input; "
+                "this reader's sum pool has no padding (export with profile='nir')"
+            )
         area = float(np.prod(np.atleast_1d(node.kernel_size)))
         if np.atleast_1d(node.kernel_size).size == 1:
             area *= area
@@ -348,9 +346,9 @@ def _sum_pooled(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]]) -
                 weighted.append(dst)
             else:
                 raise NIRExportError(
-                    f"NIR export (profile 'sum-pool'): average pool {name!r} feeds "
+                    f"NIR export (profile {profile!r}): average pool {name!r} feeds "
                     f"{type(nodes[dst]).__name__} {dst!r}, which has no weights to take its "
-                    "1/k²; export with profile='ann2snn'"
+                    "1/k²; export with profile='nir'"
                 )
         for dst in set(weighted):
             nodes[dst].weight = nodes[dst].weight / area
@@ -374,25 +372,47 @@ class NIRImportError(ValueError):
 
 
 class PlainNIRIF(SpikingNeuron):
-    """NIR's IF as NIR specifies it (discrete time, dt = 1): ``v ← v + r·x``; spike 1 where
-    ``v > v_threshold`` (strict); there ``v ← v_reset``; v(0) = 0. What `import_nir` runs
-    for an IF node without ann2snn's metadata (or with ``metadata=False``)."""
+    """NIR's IF as a reader runs it, in discrete time: ``v ← v + r·x`` (``r`` here is NIR's
+    r·dt); spikes where v reaches θ (``v > θ`` as NIR specifies, ``v ≥ θ`` for inclusive
+    readers; ⌊v/θ⌋ of them for multi-spike readers, else one); then ``v ← v_reset`` or
+    ``v ← v − θ·spikes``; optionally ``v`` held at ≥ −θ; v(0) = 0. What `import_nir` runs
+    for an IF node without ann2snn's metadata, with ``metadata=False``, or as ``reader``
+    runs it (`ReaderNeuron`)."""
 
-    def __init__(self, threshold: float, r: float = 1.0, v_reset: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        threshold: float,
+        r: float = 1.0,
+        v_reset: float = 0.0,
+        runs: ReaderNeuron = NIR_SPEC,
+        **kwargs: Any,
+    ):
         super().__init__(threshold, **kwargs)
-        self.r, self.v_reset = float(r), float(v_reset)
+        self.r, self.v_reset, self.runs = float(r), float(v_reset), runs
 
     @staticmethod
     def kernel(
-        v: Tensor, x: Tensor, out: Tensor, theta: Tensor, r: float, v_reset: float
-    ) -> Tensor:
+        v: Tensor, x: Tensor, out: Tensor, theta: Tensor, r: float, v_reset: float,
+        subtract: bool, inclusive: bool, multi: bool, floor: bool,
+    ) -> Tensor:  # fmt: skip
         v.add_(x, alpha=r)
-        torch.gt(v, theta, out=out)
-        v.mul_(1 - out).add_(out * v_reset)
-        return out.mul_(theta)  # emitted value θ per spike; `binary` turns it into 1
+        if multi:  # sinabs' MultiSpike: (v > 0)·trunc(v/θ)
+            torch.div(v.clamp(min=0), theta, rounding_mode="floor", out=out)
+        else:
+            (torch.ge if inclusive else torch.gt)(v, theta, out=out)
+        if subtract:
+            v.sub_(out * theta)
+        else:
+            v.mul_(1 - out).add_(out * v_reset)
+        if floor:
+            v.clamp_(min=-theta)
+        return out.mul_(theta)  # emitted value θ per spike; `binary` turns it into counts
 
     def kernel_args(self) -> tuple:
-        return (self.threshold, self.r, self.v_reset)
+        run = self.runs
+        subtract = run.reset == "subtract"
+        return (self.threshold, self.r, self.v_reset, subtract, run.inclusive,
+                run.multi_spike, run.floor)  # fmt: skip
 
 
 def _array(key: str, field: str, value: Any) -> np.ndarray:
@@ -418,19 +438,53 @@ def _uniform(key: str, field: str, value: Any) -> float:
     return float(a[0])
 
 
-def _if_module(nir, key: str, node: Any, meta: dict) -> SpikingNeuron:
-    """An IF node: ann2snn's neuron as its metadata describes it, else NIR's IF as written."""
+@dataclass(frozen=True)
+class _Reading:
+    """How `import_nir` reads a file: its profile's step and flatten convention, and
+    whose neuron runs its IF nodes (None: ann2snn's, from the metadata)."""
+
+    metadata: bool
+    runs: ReaderNeuron | None
+    dt: float
+    flatten: str
+
+
+#: A LIF node with τ/dt at least this runs as an IF (its leak, dt/τ per step, is below
+#: float32's resolution of a membrane near θ).
+LEAK_FREE_TAU_STEPS = 1e6
+
+
+def _gain(key: str, node: Any, nir: Any, dt: float) -> float:
+    """What one step adds to v per unit input: r·dt for IF, r·dt/τ for a leak-free LIF."""
+    r = _uniform(key, "r", node.r)
+    if not isinstance(node, nir.LIF):
+        return r * dt
+    tau = _uniform(key, "tau", node.tau)
+    if tau / dt < LEAK_FREE_TAU_STEPS or _uniform(key, "v_leak", node.v_leak) != 0:
+        raise NIRImportError(
+            f"import_nir: node {key!r}: a leaky LIF (τ/dt = {tau / dt:g}); ann2snn runs "
+            f"LIF nodes only without leak (v_leak = 0, τ/dt ≥ {LEAK_FREE_TAU_STEPS:g})"
+        )
+    return r * dt / tau
+
+
+def _if_module(nir, key: str, node: Any, meta: dict, how: _Reading) -> SpikingNeuron:
+    """An IF (or leak-free LIF) node: ann2snn's neuron as its metadata describes it, else
+    the reader's IF."""
     theta = _uniform(key, "v_threshold", node.v_threshold)
     if theta <= 0:
         raise NIRImportError(f"import_nir: node {key!r}: v_threshold must be > 0, got {theta}")
-    r = _uniform(key, "r", node.r)
+    gain = _gain(key, node, nir, how.dt)
     v_reset = _uniform(key, "v_reset", node.v_reset) if node.v_reset is not None else 0.0
-    if not meta:
-        n: SpikingNeuron = PlainNIRIF(theta, r=r, v_reset=v_reset, v_init=0.0)
+    if how.runs is not None or not meta:
+        n: SpikingNeuron = PlainNIRIF(
+            theta, r=gain, v_reset=v_reset, runs=how.runs or NIR_SPEC, v_init=0.0
+        )
     else:
-        if r != 1.0:
+        if not np.isclose(gain, 1.0, rtol=1e-6, atol=0):
             raise NIRImportError(
-                f"import_nir: node {key!r}: r = {r} in an ann2snn IF node (written with r = 1)"
+                f"import_nir: node {key!r}: one step adds {gain:g}·x to v in an ann2snn IF "
+                "node (written to add x: r·dt = 1)"
             )
         if meta.get("neuron") == "cif":
             n = ConsistentIF(
@@ -461,13 +515,13 @@ def _members(key: str, meta: dict) -> nn.Module:
     return (MemberExpand if meta["op"] == "MemberExpand" else MemberSum)(int(members))
 
 
-def _module_for(nir, key: str, node: Any, metadata: bool = True) -> nn.Module:
-    """The inverse table: one NIR node → one torch module (``metadata=False``: as a reader
+def _module_for(nir, key: str, node: Any, how: _Reading) -> nn.Module:
+    """The inverse table: one NIR node → one torch module (without metadata: as a reader
     without ann2snn's metadata: plain NIR IF neurons, additions still summed)."""
-    meta = (node.metadata or {}).get("ann2snn", {}) if metadata else {}
+    meta = (node.metadata or {}).get("ann2snn", {}) if how.metadata else {}
     t = lambda f, a: torch.as_tensor(_array(key, f, a), dtype=torch.float32)  # noqa: E731
-    if isinstance(node, nir.IF):
-        return _if_module(nir, key, node, meta)
+    if isinstance(node, nir.IF | nir.LIF):
+        return _if_module(nir, key, node, meta, how)
     if meta.get("op") in ("MemberExpand", "MemberSum"):
         return _members(key, meta)
     if meta.get("op") == "add":  # a residual sum: the edges already add
@@ -503,7 +557,9 @@ def _module_for(nir, key: str, node: Any, metadata: bool = True) -> nn.Module:
         return nn.AvgPool2d(
             as_tuple(node.kernel_size), as_tuple(node.stride), as_tuple(node.padding), **divisor
         )
-    if isinstance(node, nir.Flatten):
+    if isinstance(node, nir.Flatten):  # start_dim per sample, or as torch counts it
+        if how.flatten == "torch":
+            return nn.Flatten(int(node.start_dim), int(node.end_dim))
         return nn.Flatten(int(node.start_dim) + 1, -1)
     if isinstance(node, nir.Scale):
         return SpikeScale(_uniform(key, "scale", node.scale))
@@ -604,7 +660,10 @@ def _module_name(key: str, taken: set[str]) -> str:
 
 
 def import_nir(
-    path: str | Path, metadata: bool = True, max_bytes: int = MAX_IMPORT_BYTES
+    path: str | Path,
+    metadata: bool = True,
+    max_bytes: int = MAX_IMPORT_BYTES,
+    reader: str | None = None,
 ) -> SpikingNetwork:
     """Read a NIR graph (written by `export_nir`, or any graph of the supported nodes:
     Input, Output, Affine, Linear, Conv2d, AvgPool2d, Flatten, Scale, IF) into a
@@ -615,13 +674,18 @@ def import_nir(
     no cycle; finite weights; per-neuron IF parameters uniform (refused by name if not).
     IF nodes with ann2snn's metadata run as ann2snn wrote them (reset by subtraction,
     v(0)); other IF nodes, and all with ``metadata=False``, run as NIR specifies them
-    (``v ← v + r·x``, spike when ``v > v_threshold``, reset to ``v_reset``, v(0) = 0,
-    dt = 1): what a plain NIR reader does.
+    (``v ← v + r·dt·x``, spike when ``v > v_threshold``, reset to ``v_reset``, v(0) = 0,
+    dt as the file's profile says, else 1): what a plain NIR reader does. ``reader`` (a
+    key of `NIR_PROFILES`) runs the IF nodes as that reader runs them instead (e.g.
+    ``"sinabs"``: reset by subtraction, several spikes a step, v ≥ −θ): a prediction of
+    what the reader will compute, tested against the readers themselves.
 
     Raises:
         NIRImportError: naming the node and what is wrong with it.
     """
     nir = _nir()
+    if reader is not None:
+        one_of("import_nir: reader", reader, NIR_PROFILES)
     path = Path(path)
     _scan_file(path, max_bytes)
     try:  # the structure is checked here first; nir's type check runs after it
@@ -635,6 +699,13 @@ def import_nir(
         graph.check_types()
     except Exception as e:  # noqa: BLE001
         raise NIRImportError(f"import_nir: {path}: node shapes do not fit together ({e})") from None
+    meta = (graph.metadata or {}).get("ann2snn", {})
+    how = _Reading(
+        metadata=metadata,
+        runs=NIR_PROFILES[reader].runs if reader else None,
+        dt=float(meta.get("dt", 1.0)),
+        flatten=str(meta.get("flatten", "sample")),
+    )
     root, g = nn.Module(), fx.Graph()
     value: dict[str, fx.Node] = {}
     taken: set[str] = set()
@@ -652,12 +723,11 @@ def import_nir(
             g.output(total)
             continue
         name = _module_name(key, taken)
-        module = _module_for(nir, key, node, metadata)
+        module = _module_for(nir, key, node, how)
         root.add_module(name, module)
         value[key] = g.call_module(name, (total,))
         if isinstance(module, SpikingNeuron):
             layers.append(name)
-    meta = (graph.metadata or {}).get("ann2snn", {})
     config = {
         "binary": True,
         "source": "nir",
