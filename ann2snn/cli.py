@@ -421,6 +421,7 @@ def _add_export(sub: Any) -> None:
         description="Convert a trained run and write the SNN for other tools.",
         epilog=_examples(
             "ann2snn export runs/cnn --format nir --out cnn.nir",
+            "ann2snn export runs/cnn --format nir --profile sinabs --out cnn-sinabs.nir",
             "ann2snn export runs/cnn --format onnx --T 4 --binary --out cnn.onnx",
             "ann2snn export runs/cnn --format torch --T 4 --time-input --out cnn.pt2",
         ),
@@ -435,10 +436,11 @@ def _add_export(sub: Any) -> None:
     x.add_argument("--T", type=POS, help="ONNX/torch: time steps unrolled (default: 4)")
     x.add_argument(
         "--profile",
-        choices=NIR_PROFILES,
+        choices=list(NIR_PROFILES),
         default="ann2snn",
-        help="NIR: 'sum-pool' writes average pools as SumPool2d with 1/k² in the next weights "
-        "(what Norse and sinabs map)",
+        help="NIR: the reader the file is for: 'ann2snn' (lossless in ann2snn), 'nir' (NIR "
+        "as specified), or a file that spikingjelly, sinabs, norse or snntorch loads and runs "
+        "as written; what that reader loses is printed per layer",
     )
     x.add_argument("--force", action="store_true", help="replace an existing output file")
     x.add_argument("--neuron", default="if", choices=list_neurons(), help="the SNN's neuron")
@@ -788,9 +790,12 @@ def _export(args: argparse.Namespace) -> int:
         force=args.force,
         **options,
     )
+    reader = {"ann2snn": "a reader without ann2snn's metadata", "nir": "a NIR reader"}
     for line in warnings:
-        print(f"other NIR readers lose: {line}", file=sys.stderr)
+        print(f"{reader.get(args.profile, args.profile)} loses: {line}", file=sys.stderr)
     print(f"wrote {out}")
+    if args.format == "nir" and args.profile not in reader:
+        print(f"load it with: {NIR_PROFILES[args.profile].loads.replace('path', repr(str(out)))}")
     from .deploy.onnx import onnx_side_file
 
     if args.format == "onnx" and (side := onnx_side_file(out)):

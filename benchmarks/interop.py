@@ -1,13 +1,14 @@
-"""Other simulators running ann2snn's SNNs: test accuracy at each T in ann2snn, in
-SpikingJelly through `ann2snn.deploy.to_spikingjelly` (its own ``IFNode``s, reset by
-subtraction), in SpikingJelly reading the NIR file (``import_from_nir(path, dt=1.0)``), and in
-sinabs and Norse reading the ``sum-pool`` profile's file (when installed; the error they raise
-otherwise).
+"""Other simulators running ann2snn's SNNs: test accuracy at each T in ann2snn, through
+our own NIR round trip, as NIR specifies the file, in SpikingJelly through
+`ann2snn.deploy.to_spikingjelly` (its own ``IFNode``s, reset by subtraction, exact), and in
+each NIR reader on the file of its profile (``export_nir(..., profile=NAME)``, loaded and
+run as that reader's users do: `ann2snn.deploy.readers.run_reader`).
 
-    python benchmarks/interop.py runs/demo/qcfs --T 1,2,4,8,16
+    python benchmarks/interop.py runs/demo/qcfs --T 1,2,4,8,16 --threads 2
 
-Rows: QCFS+IF and QCFS+GN (τ = L) of the run, on the full test split. Needs SpikingJelly
-(`make integrations`). This file is never imported by the package.
+Rows: QCFS+IF and QCFS+GN (τ = L) of the run, on the test split. Readers that are not
+installed (`make interop`) are reported as such; a reader that fails, with its error. This
+file is never imported by the package.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import argparse
 import shlex
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ann2snn import convert, export_nir, load, simulate
+from ann2snn import convert, export_nir, import_nir, load, simulate
 from ann2snn.checkpoint import RunRecord
 from ann2snn.data import create_loaders
 from ann2snn.deploy import to_spikingjelly
+from ann2snn.deploy.nir_profiles import NIR_PROFILES
+from ann2snn.deploy.readers import READERS, reader_available, run_reader
 from ann2snn.evaluation import ann_accuracy
 from ann2snn.report import environment, write_json
 
@@ -34,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("run", help="a run folder (ann2snn train) of a QCFS/NQ network")
     p.add_argument("--T", default="1,2,4,8,16")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit-test", type=int, help="the first N test images only")
     p.add_argument("--threads", type=int)
     p.add_argument("--data-dir")
     p.add_argument("--out", default="benchmarks/results/cpu/interop.json")
@@ -42,79 +48,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _stepped(step: Any, reset: Any, data: Any, steps: list[int]) -> dict[str, float]:
-    """Accuracy after each of ``steps`` for a network run one step per call."""
-    correct = dict.fromkeys(steps, 0)
-    images = 0
+def _accuracy(steps_of: Callable[[torch.Tensor], torch.Tensor], data: Any, T: list[int]) -> dict:
+    """Accuracy after each T of a runner giving the outputs ``[T_max, B, classes]``."""
+    correct, images = dict.fromkeys(T, 0), 0
     with torch.no_grad():
         for x, y in data:
-            reset()
-            total = 0
-            for t in range(1, max(steps) + 1):
-                total = total + step(x)
-                if t in correct:
-                    correct[t] += int((total.argmax(1) == y).sum())
+            mean = steps_of(x).cumsum(0)
+            for t in T:
+                correct[t] += int((mean[t - 1].argmax(-1) == y).sum())
             images += len(y)
-    return {str(t): correct[t] / images for t in steps}
+    return {str(t): correct[t] / images for t in T}
 
 
-def _nir_reader(snn: Any, example: torch.Tensor) -> tuple[Any, Any]:
-    """SpikingJelly's NIR importer on our file (dt = 1: one step per unit of time)."""
-    from spikingjelly.activation_based.nir_exchange import import_from_nir
+def _stepped(net: Any, T: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A step-by-step network (``net.reset()``, ``net(x)`` per step) as a runner."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        export_nir(snn, Path(tmp) / "net.nir", example)
-        net = import_from_nir(str(Path(tmp) / "net.nir"), dt=1.0)
-    state: dict[str, Any] = {}
+    def steps_of(x: torch.Tensor) -> torch.Tensor:
+        net.reset()
+        return torch.stack([net(x) for _ in range(T)])
 
-    def step(x: torch.Tensor) -> torch.Tensor:
-        out, state["s"] = net(x, state["s"]) if "s" in state else net(x)
-        return out
-
-    return step, state.clear
+    return steps_of
 
 
-def _sum_pool_readers(snn: Any, example: torch.Tensor, data: Any, steps: list[int]) -> dict:
-    """sinabs and Norse on ``export_nir(..., profile="sum-pool")``: accuracy or the error."""
-    import nir
+def _ours(net: Any, data: Any, T: list[int]) -> dict:
+    res = simulate(net, data, max(T), progress=False)
+    return {str(t): res.accuracy[t - 1] for t in T}
 
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        export_nir(snn, Path(tmp) / "net.nir", example, profile="sum-pool")
-        graph = nir.read(str(Path(tmp) / "net.nir"))
-    for name, make in (("sinabs", _sinabs), ("norse", _norse)):
+
+def _row(snn: Any, example: torch.Tensor, data: Any, T: list[int], tmp: Path) -> dict:
+    """One network through every simulator: accuracy at each T, or why it has none."""
+    row: dict[str, Any] = {"ann2snn": _ours(snn, data, T)}
+    export_nir(snn, tmp / "ann2snn.nir", example)
+    row["ann2snn, NIR round trip"] = _ours(import_nir(tmp / "ann2snn.nir"), data, T)
+    spec = import_nir(tmp / "ann2snn.nir", metadata=False)
+    row["NIR as specified (profile nir)"] = _ours(spec, data, T)
+    try:
+        adapter = to_spikingjelly(snn, example)
+        row["spikingjelly, to_spikingjelly"] = _accuracy(_stepped(adapter, max(T)), data, T)
+    except ImportError:
+        row["spikingjelly, to_spikingjelly (adapter)"] = "not installed (make interop)"
+    for name in READERS:
+        label = f"{name}, NIR file (profile {name})"
+        if reader_available(name) is None:
+            row[label] = "not installed (make interop)"
+            continue
+        path = tmp / f"{name}.nir"
+        row[f"{name} loses"] = export_nir(snn, path, example, profile=name)
+        start = time.perf_counter()
         try:
-            step, reset = make(graph)
-            out[f"{name} (sum-pool profile)"] = _stepped(step, reset, data, steps)
+            row[label] = _accuracy(lambda x, p=path, n=name: run_reader(n, p, x, max(T)), data, T)
         except Exception as err:  # noqa: BLE001 - a reader's failure is the result
-            out[f"{name} (sum-pool profile)"] = f"{type(err).__name__}: {str(err)[:200]}"
-    return out
-
-
-def _sinabs(graph: Any) -> tuple[Any, Any]:
-    import sinabs
-
-    state: dict[str, Any] = {}
-
-    def step(x: torch.Tensor) -> torch.Tensor:  # one step: sinabs takes [B·T, ...], T = 1
-        if "net" not in state:
-            state["net"] = sinabs.from_nir(graph, batch_size=x.shape[0])
-        out, _ = state["net"](x)
-        return out
-
-    return step, state.clear
-
-
-def _norse(graph: Any) -> tuple[Any, Any]:
-    import norse.torch as norse
-
-    net, state = norse.from_nir(graph), {}
-
-    def step(x: torch.Tensor) -> torch.Tensor:
-        out, state["s"] = net(x, state.get("s"))
-        return out
-
-    return step, state.clear
+            row[label] = f"{type(err).__name__}: {str(err)[-300:]}"
+        row[f"{name} seconds"] = round(time.perf_counter() - start, 1)
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,30 +111,26 @@ def main(argv: list[str] | None = None) -> dict:
     model = load(args.run)
     record = RunRecord.of(model)
     loaders = create_loaders(record.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-                             augment=False, device="cpu")  # fmt: skip
+                             augment=False, device="cpu", limit_test=args.limit_test)  # fmt: skip
     example = next(iter(loaders.test))[0][:4]
     rows = []
     for neuron, options in (("if", {}), ("gn", {"tau": record.get("levels") or 4})):
         snn = convert(model, neuron, **options)
-        ours = simulate(snn, loaders.test, max(args.T), progress=False)
-        sj = to_spikingjelly(snn, example)
-        row = {
-            "neuron": neuron, **options,
-            "ann2snn": {str(t): ours.accuracy[t - 1] for t in args.T},
-            "spikingjelly (to_spikingjelly)": _stepped(sj, sj.reset, loaders.test, args.T),
-        }  # fmt: skip
-        if neuron == "if":
-            step, reset = _nir_reader(snn, example)
-            row["spikingjelly (import_from_nir, dt=1)"] = _stepped(step, reset, loaders.test,
-                                                                    args.T)  # fmt: skip
-            row.update(_sum_pool_readers(snn, example, loaders.test, args.T))
+        with tempfile.TemporaryDirectory() as tmp:
+            row = {
+                "neuron": neuron,
+                **options,
+                **_row(snn, example, loaders.test, args.T, Path(tmp)),
+            }
         rows.append(row)
-        print(row, file=sys.stderr)
+        print({k: v for k, v in row.items() if "loses" not in k}, file=sys.stderr)
     results = {
         "benchmark": "interop",
         "command": "python benchmarks/interop.py " + shlex.join(argv),
         "run": args.run,
         "ann_accuracy": ann_accuracy(model, loaders.test),
+        "test_images": sum(len(y) for _, y in loaders.test),
+        "readers": {n: NIR_PROFILES[n].loads for n in READERS},
         "rows": rows,
         "environment": environment(),
     }
@@ -167,7 +149,7 @@ def format_table(results: dict[str, Any], steps: list[int]) -> str:
             if isinstance(acc, dict):
                 cells = [f"{100 * acc[str(t)]:.2f}" for t in steps]
                 lines.append("| " + " | ".join([name, sim, *cells]) + " |")
-            elif "(" in sim:  # a reader that could not run the file: its error
+            elif sim.endswith(")") and isinstance(acc, str):  # a reader without a result
                 lines.append(f"| {name} | {sim} | {acc} |" + " |" * (len(steps) - 1))
     return "\n".join(lines)
 

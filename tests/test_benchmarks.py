@@ -249,20 +249,17 @@ def test_ablation_and_calibration_tiny(fmnist, tmp_path):
             _finite_positive(v["seconds"]) and 0 <= v["accuracy"] <= 1 for v in by_t.values()
         )
     assert "| " in result["table"]
-    nir_out = tmp_path / "nir.json"
-    readers = _main("nir_readers.py")([str(run_dir), "--T", "1,2", "--data-dir", str(fmnist),
-                                       "--out", str(nir_out)])  # fmt: skip
-    rows = json.loads(nir_out.read_text())["rows"]
-    assert rows["ann2snn"] == rows["NIR round trip (ann2snn metadata)"]
-    assert set(readers["external"]) == {"snntorch", "sinabs"} and readers["reader_losses"]
-    try:  # SpikingJelly with its NIR reader (make integrations)
-        import spikingjelly.activation_based.nir_exchange  # noqa: F401
-    except ImportError:
-        return
+    out = tmp_path / "interop.json"
     interop = _main("interop.py")([str(run_dir), "--T", "1,2", "--data-dir", str(fmnist),
-                                   "--out", str(tmp_path / "interop.json")])  # fmt: skip
-    for row in interop["rows"]:  # the adapter runs the SNN exactly
-        assert row["spikingjelly (to_spikingjelly)"] == pytest.approx(row["ann2snn"], abs=0.011)
+                                   "--limit-test", "40", "--out", str(out)])  # fmt: skip
+    for row in interop["rows"]:  # the round trip is lossless; installed readers give a result
+        assert row["ann2snn, NIR round trip"] == row["ann2snn"]
+        for name in ("spikingjelly", "sinabs", "norse", "snntorch"):
+            got = row[f"{name}, NIR file (profile {name})"]
+            assert isinstance(got, dict) or got.startswith("not installed"), got
+        if "spikingjelly, to_spikingjelly" in row:  # the adapter runs the SNN exactly
+            assert row["spikingjelly, to_spikingjelly"] == pytest.approx(row["ann2snn"], abs=0.03)
+    assert json.loads(out.read_text())["test_images"] == 40
 
 
 def test_detection_tiny(fmnist, tmp_path):

@@ -487,9 +487,17 @@ def test_export_writes_nir_onnx_and_torch(run_dir, tmp_path, capsys):
     rc = main(["export", str(run_dir), "--format", "nir", "--out", str(tmp_path / "a.nir")])
     assert rc == 0 and (tmp_path / "a.nir").exists()
     captured = capsys.readouterr()
-    assert "wrote" in captured.out and "other NIR readers lose" in captured.err
+    assert "wrote" in captured.out and "without ann2snn's metadata loses" in captured.err
     back = ann2snn.import_nir(tmp_path / "a.nir")
     assert back.layers and ann2snn.is_binarized(back)
+    # A reader's profile: what that reader loses, per layer, and how it loads the file.
+    rc = main(["export", str(run_dir), "--format", "nir", "--profile", "sinabs",
+               "--out", str(tmp_path / "s.nir")])  # fmt: skip
+    captured = capsys.readouterr()
+    lines = [x for x in captured.err.splitlines() if x.startswith("sinabs loses: ")]
+    assert rc == 0 and len(lines) == len(back.layers)
+    assert all("the initial membrane v(0)" in x and "⌊v/θ⌋ spikes" in x for x in lines)
+    assert f"load it with: sinabs.from_nir(nir.read('{tmp_path / 's.nir'}')" in captured.out
     rc = main(["export", str(run_dir), "--format", "torch", "--T", "2", "--binary",
                "--out", str(tmp_path / "a.pt2")])  # fmt: skip
     assert rc == 0 and (tmp_path / "a.pt2").exists()
@@ -509,7 +517,7 @@ def test_exports_never_replace_a_run_and_refuse_what_their_format_ignores(run_di
         (["--format", "nir", "--T", "8", "--out", str(tmp_path / "a.nir")], "--T shapes an unrolled"),
         (["--format", "nir", "--time-input", "--out", str(tmp_path / "a.nir")], "--time-input shapes"),
         (["--format", "onnx", "--T", "100000", "--out", str(tmp_path / "a.onnx")], "at most 1024"),
-        (["--format", "onnx", "--profile", "sum-pool", "--out", str(tmp_path / "a.onnx")], "is a NIR profile"),
+        (["--format", "onnx", "--profile", "sinabs", "--out", str(tmp_path / "a.onnx")], "is a NIR profile"),
     ]  # fmt: skip
     for args, message in cases:
         assert main(["export", str(run_dir), *args]) == 2, args
