@@ -14,7 +14,11 @@ file is never imported by the package.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,9 +31,9 @@ import torch
 from ann2snn import convert, export_nir, import_nir, load, simulate
 from ann2snn.checkpoint import RunRecord
 from ann2snn.data import create_loaders
-from ann2snn.deploy import to_spikingjelly
+from ann2snn.deploy import to_sinabs, to_spikingjelly
 from ann2snn.deploy.nir_profiles import NIR_PROFILES
-from ann2snn.deploy.readers import READERS, reader_available, run_reader
+from ann2snn.deploy.readers import READERS, SIDE_PYTHON, reader_available, run_reader
 from ann2snn.evaluation import ann_accuracy
 from ann2snn.report import environment, write_json
 
@@ -43,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int)
     p.add_argument("--data-dir")
     p.add_argument("--out", default="benchmarks/results/cpu/interop.json")
+    p.add_argument("--adapters-only", action="store_true",
+                   help="only the direct adapters this environment has (run by the main "
+                   "run in the side environment for to_sinabs)")  # fmt: skip
     args = p.parse_args(argv)
     args.T = sorted({int(t) for t in args.T.split(",")})
     return args
@@ -75,6 +82,34 @@ def _ours(net: Any, data: Any, T: list[int]) -> dict:
     return {str(t): res.accuracy[t - 1] for t in T}
 
 
+def _adapters(snn: Any, example: torch.Tensor, data: Any, T: list[int]) -> dict:
+    """The simulators' own neurons through ann2snn's adapters (exact), where installed."""
+    row: dict[str, Any] = {}
+    for label, adapt in (("spikingjelly, to_spikingjelly", to_spikingjelly),
+                         ("sinabs, to_sinabs", to_sinabs)):  # fmt: skip
+        try:
+            row[label] = _accuracy(_stepped(adapt(snn, example), max(T)), data, T)
+        except ImportError:
+            row[label + " (adapter)"] = "not installed here"
+    return row
+
+
+def _side_adapters(argv: list[str], rows: list[dict]) -> None:
+    """`to_sinabs` where sinabs is: the side environment (`make interop`), if not here."""
+    if importlib.util.find_spec("sinabs") is not None or not SIDE_PYTHON.exists():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "side.json"
+        cmd = [str(SIDE_PYTHON), __file__, *argv, "--adapters-only", "--out", str(out)]
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(root)})
+        side = json.loads(out.read_text())["rows"]
+    for row, theirs in zip(rows, side):
+        if "sinabs, to_sinabs" in theirs:
+            row.pop("sinabs, to_sinabs (adapter)", None)
+            row["sinabs, to_sinabs"] = theirs["sinabs, to_sinabs"]
+
+
 def _row(snn: Any, example: torch.Tensor, data: Any, T: list[int], tmp: Path) -> dict:
     """One network through every simulator: accuracy at each T, or why it has none."""
     row: dict[str, Any] = {"ann2snn": _ours(snn, data, T)}
@@ -82,11 +117,7 @@ def _row(snn: Any, example: torch.Tensor, data: Any, T: list[int], tmp: Path) ->
     row["ann2snn, NIR round trip"] = _ours(import_nir(tmp / "ann2snn.nir"), data, T)
     spec = import_nir(tmp / "ann2snn.nir", metadata=False)
     row["NIR as specified (profile nir)"] = _ours(spec, data, T)
-    try:
-        adapter = to_spikingjelly(snn, example)
-        row["spikingjelly, to_spikingjelly"] = _accuracy(_stepped(adapter, max(T)), data, T)
-    except ImportError:
-        row["spikingjelly, to_spikingjelly (adapter)"] = "not installed (make interop)"
+    row.update(_adapters(snn, example, data, T))
     for name in READERS:
         label = f"{name}, NIR file (profile {name})"
         if reader_available(name) is None:

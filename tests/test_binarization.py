@@ -108,11 +108,15 @@ def test_group_neuron_becomes_tau_binary_members():
     assert torch.allclose(out[0], model(x), atol=1e-5)  # τ = L is exact at T = 1
 
 
-def test_calibrated_network_binarizes_and_keeps_its_offsets():
-    model = make_resnet()
-    snn = calibrate(
-        convert(model, "if"), images(32), T=2, method="potential", batches=1, guard=False
-    )
+@pytest.mark.parametrize("neuron", ["if", "gn"])
+@pytest.mark.parametrize("granularity", ["neuron", "channel", "layer"])
+@pytest.mark.parametrize("make", [make_vgg, make_resnet])
+def test_calibrated_network_binarizes_and_keeps_its_offsets(make, granularity, neuron):
+    """v(0) per layer, per channel or per neuron; for GN each member gets its neuron's
+    (a per-neuron GN offset once failed to expand onto the τ·C members)."""
+    snn = convert(make(), neuron, **({"tau": 4} if neuron == "gn" else {}))
+    snn = calibrate(snn, images(32), T=2, method="potential", granularity=granularity,
+                    batches=1, guard=False)  # fmt: skip
     x = images(4, seed=2)
     ref, _ = _spikes(snn, x, steps=2)
     got, _ = _spikes(binarize(snn, x), x, steps=2)

@@ -65,6 +65,60 @@ def test_a_depth_first_reader_on_a_projection_shortcut_is_named_not_silent(reade
     assert run_reader(reader, tmp_path / "r.nir", x, 2).shape[-1] != 5  # not the 5 classes
 
 
+def _sinabs_here_or_ran_in_side_env(request: pytest.FixtureRequest) -> bool:
+    """True when this test already ran, and passed, in the side environment `make interop`
+    gives sinabs (its nir <= 1.0.4 pin keeps it out of ours); False to run it here."""
+    import importlib.util
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from ann2snn.deploy.readers import SIDE_PYTHON
+
+    if importlib.util.find_spec("sinabs") is not None:
+        return False
+    if reader_available("sinabs") != "side":
+        pytest.skip("sinabs is not installed (make interop)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [str(SIDE_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         f"{Path(__file__).resolve()}::{request.node.name}"],
+        capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout, done.stdout[-2000:]
+    return True
+
+
+@pytest.mark.parametrize(
+    "neuron, make, options",
+    [("if", make_vgg, {}), ("gn", make_vgg, {"tau": 4}), ("if", make_resnet, {}),
+     ("gn", make_resnet, {"tau": 4})],
+)  # fmt: skip
+def test_sinabs_runs_the_snn_exactly_at_every_step(neuron, make, options, request):
+    """`to_sinabs`: sinabs' own IAF layers (single spikes, reset by subtraction, no floor,
+    v(0) set) run the SNN as ann2snn does, residual networks and group neurons included."""
+    if _sinabs_here_or_ran_in_side_env(request):
+        return
+    from ann2snn.deploy.sinabs import to_sinabs
+
+    snn = convert(make(), neuron, **options)
+    x = images(6, seed=2)
+    net = to_sinabs(snn, x)
+    assert {type(m).__name__ for m in net.modules()} >= {"IAFSqueeze"}
+    net.reset()
+    with torch.no_grad():
+        theirs = torch.stack([net(x) for _ in range(6)])
+    mine = snn.reset()(x.unsqueeze(0).expand(6, *x.shape))
+    snn.reset()
+    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(net.run(x, 3), run(snn, x, T=3), atol=1e-4, rtol=1e-4)
+    fixed = calibrate(snn, images(16), T=2, batches=1, guard=False)  # v(0) per neuron
+    torch.testing.assert_close(
+        to_sinabs(fixed, x).run(x, 2), run(fixed, x, T=2), atol=1e-4, rtol=1e-4
+    )
+
+
 def test_run_reader_names_what_it_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="name must be one of spikingjelly, sinabs, .*'lava'"):
         run_reader("lava", tmp_path / "x.nir", images(1), 1)
@@ -111,7 +165,9 @@ def test_spikingjelly_refuses_what_it_cannot_run():
 
     x = images(2)
     cif = convert(create_model("cnn", act="clipq", levels=4, image_size=8), "cif")
-    with pytest.raises(ValueError, match="IFNode runs IF and group neurons.*ConsistentIF"):
+    with pytest.raises(
+        ValueError, match="SpikingJelly: its IF neuron runs IF and group neurons.*ConsistentIF"
+    ):
         to_spikingjelly(cif, x[..., :8, :8])
     cos = calibrate(convert(make_vgg(), "if"), None, T=2, method="cos")
     with pytest.raises(ValueError, match="SpikingJelly export: this network uses offset-spike"):

@@ -24,6 +24,7 @@ rounding of the folded weights), and every neuron's output holds only 0/±1.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from ..nn.state import state_tensor
 from ..simulation.schedule import presim_steps
 
 __all__ = [
+    "with_reader_neurons",
     "refuse_presimulation",
     "binarize",
     "SpikeScale",
@@ -107,14 +109,19 @@ def is_binarized(net: nn.Module) -> bool:
 
 
 def _binary_if(theta: Tensor, v0: Tensor, members: int, channels: int, rank: int) -> IFNeuron:
-    """τ·C binary IF members of threshold θ with staggered v(0) (``[τ·C, 1, …]``)."""
+    """τ·C binary IF members of threshold θ with staggered v(0): ``[τ·C, 1, …]`` from a
+    v(0) per layer or per channel, ``[τ·C, H, W]`` from one per neuron (a calibration's)."""
     n = IFNeuron(theta, v_init=0.0)
     n.binary = True
+    tail = (1,) * max(rank - 2, 0)
+    v0 = v0.to(theta.dtype)
+    if v0.numel() in (1, channels):
+        base = v0.reshape(-1).expand(channels).reshape((channels, *tail))
+    else:  # per neuron: [C, H, W] (or with a leading 1)
+        base = v0.reshape((channels, *v0.shape[v0.dim() - len(tail) :]))
+    base = base.repeat(members, *(1,) * len(tail))  # member j's block: channels jC..jC+C-1
     j = torch.arange(members, dtype=theta.dtype).repeat_interleave(channels)  # [τ·C]
-    base = v0.to(theta.dtype).reshape(-1)
-    base = base.repeat(members) if base.numel() == channels else base.expand(members * channels)
-    quantum = theta / members
-    n.v_offset = (base + j * quantum).reshape((-1,) + (1,) * max(rank - 2, 0))
+    n.v_offset = base + (j * (theta / members)).reshape((-1, *tail))
     return n
 
 
@@ -124,7 +131,6 @@ def _replace_group(
     """GN site → MemberExpand → binary IF members → MemberSum; returns the sum's node."""
     name = node.target
     v0 = gn.initial_membrane()
-    v0 = v0.reshape(-1) if v0.dim() else v0
     members = _binary_if(gn.threshold, v0, gn.tau, channels, rank)
     members.ann_activation = gn.ann_activation
     gm.add_submodule(f"{name}_expand".replace(".", "_"), MemberExpand(gn.tau))
@@ -273,3 +279,26 @@ def binarize(snn: SpikingNetwork, example: Tensor, fold: bool = True) -> Spiking
     net.layers = layers
     net.config = {**net.config, "binary": True, "folded_scales": folded}
     return net
+
+
+def with_reader_neurons(
+    snn: SpikingNetwork, example: Tensor, reader: str, make: Callable[[float], nn.Module]
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The deploy form's body with ``make(θ)`` (a reader's IF neuron, reset by subtraction)
+    in place of every neuron, and each neuron's v(0) by path (``[C, ...]`` or a scalar)."""
+    refuse_presimulation(snn, reader)
+    net = snn if is_binarized(snn) else binarize(snn, example)
+    kinds = {type(n).__name__ for _, n in net.spiking_layers()}
+    if kinds - {"IFNeuron"}:
+        raise ValueError(
+            f"{reader}: its IF neuron runs IF and group neurons (as IF members); this "
+            f"network has {', '.join(sorted(kinds))}"
+        )
+    body = copy.deepcopy(net.body)
+    initial: dict[str, Tensor] = {}
+    for name, n in list(net.spiking_layers()):
+        ours: IFNeuron = n
+        parent, _, leaf = name.rpartition(".")
+        setattr(body.get_submodule(parent) if parent else body, leaf, make(float(ours.threshold)))
+        initial[name] = ours.initial_membrane().detach().clone().float()
+    return body.eval(), initial

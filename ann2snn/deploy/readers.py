@@ -12,7 +12,9 @@ is that side of it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -127,7 +129,7 @@ def run_reader(name: str, path: str | Path, x: Tensor, T: int) -> Tensor:
     if where is None:
         raise ImportError(f"run_reader: {name} is not installed (make interop)")
     if where == "here":
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints
             outs = READERS[name][1](str(path), x.float(), T)
         return torch.stack([o.reshape(x.shape[0], -1).float() for o in outs])
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,15 +15,13 @@ count cap) have no SpikingJelly counterpart and are refused by name.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..nn.network import SpikingNetwork
-from ..nn.neurons import IFNeuron
-from .binary import binarize, is_binarized, refuse_presimulation
+from .binary import with_reader_neurons
 
 __all__ = ["to_spikingjelly", "SpikingJellyNetwork"]
 
@@ -95,20 +93,10 @@ def to_spikingjelly(snn: SpikingNetwork, example: Tensor) -> SpikingJellyNetwork
         ``net.run(x, T)``.
     """
     _, neuron = _spikingjelly()
-    refuse_presimulation(snn, "SpikingJelly")
-    net = snn if is_binarized(snn) else binarize(snn, example)
-    kinds = {type(n).__name__ for _, n in net.spiking_layers()}
-    if kinds - {"IFNeuron"}:
-        raise ValueError(
-            f"to_spikingjelly: SpikingJelly's IFNode runs IF and group neurons (as IF "
-            f"members); this network has {', '.join(sorted(kinds))}"
-        )
-    body = copy.deepcopy(net.body)
-    initial: dict[str, Tensor] = {}
-    for name, n in list(net.spiking_layers()):
-        ours: IFNeuron = n
-        node = neuron.IFNode(v_threshold=float(ours.threshold), v_reset=None, step_mode="s")
-        parent, _, leaf = name.rpartition(".")
-        setattr(body.get_submodule(parent) if parent else body, leaf, node)
-        initial[name] = ours.initial_membrane().detach().clone().float()
-    return SpikingJellyNetwork(body.eval(), initial)
+    body, initial = with_reader_neurons(
+        snn,
+        example,
+        "SpikingJelly",
+        lambda theta: neuron.IFNode(v_threshold=theta, v_reset=None, step_mode="s"),
+    )
+    return SpikingJellyNetwork(body, initial)
