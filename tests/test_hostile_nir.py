@@ -89,6 +89,21 @@ def _dangling_edge(g):
     g.edges.append(("nowhere", "output"))
 
 
+def _bad_step(g):
+    g.metadata = {"ann2snn": {**g.metadata["ann2snn"], "dt": -1.0}}
+
+
+def _bad_flatten(g):
+    g.metadata = {"ann2snn": {**g.metadata["ann2snn"], "flatten": "diagonal"}}
+
+
+def _leaky_lif(g):
+    n = g.nodes[_if_key(g)]
+    ones = np.ones_like(n.r)
+    g.nodes[_if_key(g)] = nir.LIF(tau=ones * 5, r=ones * 5, v_leak=0 * ones,
+                                  v_threshold=n.v_threshold, metadata=n.metadata)  # fmt: skip
+
+
 CASES = {
     "NaN weight": (_weights_nan, r"node '.*': weight holds 1 NaN/inf"),
     "per-neuron v_threshold": (_per_neuron_threshold, r"per-neuron v_threshold .* not supported"),
@@ -97,6 +112,12 @@ CASES = {
     "second Input": (_second_input, r"the graph has 2 Input nodes"),
     "cycle": (_cycle, r"the graph has a cycle through"),
     "edge to no node": (_dangling_edge, r"edge 'nowhere' → 'output' names no node 'nowhere'"),
+    "negative time step": (_bad_step, r"ann2snn.dt = -1.0; a time step is a finite number > 0"),
+    "unknown flatten": (_bad_flatten, r"ann2snn.flatten = 'diagonal'; allowed: 'sample', 'torch'"),
+    "leaky LIF": (
+        _leaky_lif,
+        r"a leaky LIF \(τ/dt = 5\); ann2snn runs LIF nodes only without leak",
+    ),
 }
 
 

@@ -392,9 +392,17 @@ class PlainNIRIF(SpikingNeuron):
 
     @staticmethod
     def kernel(
-        v: Tensor, x: Tensor, out: Tensor, theta: Tensor, r: float, v_reset: float,
-        subtract: bool, inclusive: bool, multi: bool, floor: bool,
-    ) -> Tensor:  # fmt: skip
+        v: Tensor,
+        x: Tensor,
+        out: Tensor,
+        theta: Tensor,
+        r: float,
+        v_reset: float,
+        subtract: bool,
+        inclusive: bool,
+        multi: bool,
+        floor: bool,
+    ) -> Tensor:
         v.add_(x, alpha=r)
         if multi:  # sinabs' MultiSpike: (v > 0)·trunc(v/θ)
             torch.div(v.clamp(min=0), theta, rounding_mode="floor", out=out)
@@ -411,8 +419,15 @@ class PlainNIRIF(SpikingNeuron):
     def kernel_args(self) -> tuple:
         run = self.runs
         subtract = run.reset == "subtract"
-        return (self.threshold, self.r, self.v_reset, subtract, run.inclusive,
-                run.multi_spike, run.floor)  # fmt: skip
+        return (
+            self.threshold,
+            self.r,
+            self.v_reset,
+            subtract,
+            run.inclusive,
+            run.multi_spike,
+            run.floor,
+        )
 
 
 def _array(key: str, field: str, value: Any) -> np.ndarray:
@@ -452,6 +467,26 @@ class _Reading:
 #: A LIF node with τ/dt at least this runs as an IF (its leak, dt/τ per step, is below
 #: float32's resolution of a membrane near θ).
 LEAK_FREE_TAU_STEPS = 1e6
+
+
+def _conventions(meta: dict) -> tuple[float, str]:
+    """The step and the flatten convention the file's profile wrote with (graph metadata;
+    dt = 1 and per-sample flatten without it), checked."""
+    dt, flatten = meta.get("dt", 1.0), meta.get("flatten", "sample")
+    try:
+        dt = float(dt)
+    except (TypeError, ValueError):
+        dt = float("nan")
+    if not (np.isfinite(dt) and dt > 0):
+        raise NIRImportError(
+            f"import_nir: graph metadata ann2snn.dt = {meta.get('dt')}; a time step is a "
+            "finite number > 0"
+        )
+    if flatten not in ("sample", "torch"):
+        raise NIRImportError(
+            f"import_nir: graph metadata ann2snn.flatten = {flatten!r}; allowed: 'sample', 'torch'"
+        )
+    return dt, str(flatten)
 
 
 def _gain(key: str, node: Any, nir: Any, dt: float) -> float:
@@ -700,12 +735,7 @@ def import_nir(
     except Exception as e:  # noqa: BLE001
         raise NIRImportError(f"import_nir: {path}: node shapes do not fit together ({e})") from None
     meta = (graph.metadata or {}).get("ann2snn", {})
-    how = _Reading(
-        metadata=metadata,
-        runs=NIR_PROFILES[reader].runs if reader else None,
-        dt=float(meta.get("dt", 1.0)),
-        flatten=str(meta.get("flatten", "sample")),
-    )
+    how = _Reading(metadata, NIR_PROFILES[reader].runs if reader else None, *_conventions(meta))
     root, g = nn.Module(), fx.Graph()
     value: dict[str, fx.Node] = {}
     taken: set[str] = set()

@@ -225,9 +225,16 @@ def _scales_as_maps(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]
         n = scale.shape[0]
         diag = np.diag(scale.reshape(n, -1)[:, 0]).astype(np.float32)
         if scale.ndim == 3:
-            nodes[key] = nir.Conv2d(input_shape=tuple(scale.shape[1:]), weight=diag[:, :, None, None],
-                                    stride=1, padding=0, dilation=1, groups=1,
-                                    bias=np.zeros(n, np.float32), metadata=node.metadata)  # fmt: skip
+            nodes[key] = nir.Conv2d(
+                input_shape=tuple(scale.shape[1:]),
+                weight=diag[:, :, None, None],
+                stride=1,
+                padding=0,
+                dilation=1,
+                groups=1,
+                bias=np.zeros(n, np.float32),
+                metadata=node.metadata,
+            )
         else:
             nodes[key] = nir.Affine(
                 weight=diag, bias=np.zeros(n, np.float32), metadata=node.metadata
@@ -318,8 +325,12 @@ def _on_unit_map(nir: Any, node: Any, key: str) -> Any:
         )
     meta = _unit_metadata(node.metadata)
     if isinstance(node, nir.IF):
-        return nir.IF(r=unit(node.r), v_threshold=unit(node.v_threshold),
-                      v_reset=unit(node.v_reset), metadata=meta)  # fmt: skip
+        return nir.IF(
+            r=unit(node.r),
+            v_threshold=unit(node.v_threshold),
+            v_reset=unit(node.v_reset),
+            metadata=meta,
+        )
     if isinstance(node, nir.Scale):
         return nir.Scale(unit(node.scale), metadata=meta)
     if isinstance(node, nir.Conv2d):  # already on [n, 1, 1] (a full conv made above)

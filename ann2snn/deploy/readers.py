@@ -134,8 +134,16 @@ def run_reader(name: str, path: str | Path, x: Tensor, T: int) -> Tensor:
         return torch.stack([o.reshape(x.shape[0], -1).float() for o in outs])
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", x.float().numpy())
-        cmd = [str(SIDE_PYTHON), "-m", "ann2snn.deploy.readers", name, str(path),
-               str(Path(tmp) / "x.npy"), str(T), str(Path(tmp) / "out.npy")]  # fmt: skip
+        cmd = [
+            str(SIDE_PYTHON),
+            "-m",
+            "ann2snn.deploy.readers",
+            name,
+            str(path),
+            str(Path(tmp) / "x.npy"),
+            str(T),
+            str(Path(tmp) / "out.npy"),
+        ]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode:
