@@ -102,10 +102,15 @@ def test_sinabs_runs_the_snn_exactly_at_every_step(neuron, make, options, reques
         return
     from ann2snn.deploy.sinabs import to_sinabs
 
-    snn = convert(make(), neuron, **options)
+    _adapter_equals_the_snn(to_sinabs, "IAFSqueeze", convert(make(), neuron, **options))
+
+
+def _adapter_equals_the_snn(adapt, node: str, snn) -> None:
+    """``adapt(snn, x)`` holds ``node`` neurons and gives ann2snn's outputs at every step,
+    stepped as its simulator steps and through ``run``; a per-neuron v(0) is kept too."""
     x = images(6, seed=2)
-    net = to_sinabs(snn, x)
-    assert {type(m).__name__ for m in net.modules()} >= {"IAFSqueeze"}
+    net = adapt(snn, x)
+    assert node in {type(m).__name__ for m in net.modules()}
     net.reset()
     with torch.no_grad():
         theirs = torch.stack([net(x) for _ in range(6)])
@@ -114,9 +119,7 @@ def test_sinabs_runs_the_snn_exactly_at_every_step(neuron, make, options, reques
     torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(net.run(x, 3), run(snn, x, T=3), atol=1e-4, rtol=1e-4)
     fixed = calibrate(snn, images(16), T=2, batches=1, guard=False)  # v(0) per neuron
-    torch.testing.assert_close(
-        to_sinabs(fixed, x).run(x, 2), run(fixed, x, T=2), atol=1e-4, rtol=1e-4
-    )
+    torch.testing.assert_close(adapt(fixed, x).run(x, 2), run(fixed, x, T=2), atol=1e-4, rtol=1e-4)
 
 
 def test_run_reader_names_what_it_cannot_run(tmp_path):
@@ -129,34 +132,13 @@ sj = pytest.importorskip("spikingjelly.activation_based.neuron", exc_type=Import
 
 @pytest.mark.parametrize(
     "neuron, make, options",
-    [("if", make_vgg, {}), ("gn", make_vgg, {"tau": 4}), ("if", make_resnet, {})],
-)
+    [("if", make_vgg, {}), ("gn", make_vgg, {"tau": 4}), ("if", make_resnet, {}),
+     ("gn", make_resnet, {"tau": 4})],
+)  # fmt: skip
 def test_spikingjelly_runs_the_snn_exactly_at_every_step(neuron, make, options):
     from ann2snn.deploy import to_spikingjelly
 
-    snn = convert(make(), neuron, **options)
-    x = images(6, seed=2)
-    net = to_spikingjelly(snn, x)
-    assert {type(m).__name__ for m in net.modules()} >= {"IFNode"}
-    # Step by step, as SpikingJelly runs: outputs equal ann2snn's at every step.
-    net.reset()
-    with torch.no_grad():
-        theirs = torch.stack([net(x) for _ in range(6)])
-    mine = snn.reset()(x.unsqueeze(0).expand(6, *x.shape))
-    snn.reset()
-    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(net.run(x, 3), run(snn, x, T=3), atol=1e-4, rtol=1e-4)
-
-
-def test_spikingjelly_keeps_a_calibrated_membrane_per_neuron():
-    from ann2snn.deploy import to_spikingjelly
-
-    snn = convert(make_vgg(), "if")
-    fixed = calibrate(snn, images(16), T=2, batches=1, guard=False)  # v(0) per neuron
-    x = images(5, seed=7)
-    torch.testing.assert_close(
-        to_spikingjelly(fixed, x).run(x, 2), run(fixed, x, T=2), atol=1e-4, rtol=1e-4
-    )
+    _adapter_equals_the_snn(to_spikingjelly, "IFNode", convert(make(), neuron, **options))
 
 
 def test_spikingjelly_refuses_what_it_cannot_run():

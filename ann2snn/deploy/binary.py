@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from ..simulation.schedule import presim_steps
 
 __all__ = [
     "with_reader_neurons",
+    "AdaptedNetwork",
     "refuse_presimulation",
     "binarize",
     "SpikeScale",
@@ -279,6 +281,37 @@ def binarize(snn: SpikingNetwork, example: Tensor, fold: bool = True) -> Spiking
     net.layers = layers
     net.config = {**net.config, "binary": True, "folded_scales": folded}
     return net
+
+
+class AdaptedNetwork(nn.Module):
+    """A deploy-form network whose neurons are another simulator's (`to_spikingjelly`,
+    `to_sinabs`), run one step per call as that simulator runs it.
+
+    ``forward(x)``: one step, ``[B, ...]`` → ``[B, out...]``; `reset` starts a new sample
+    (each simulator its own way); ``run(x, T)`` resets and returns the mean output over T
+    steps of input ``x``. ``initial`` maps each neuron's path to its v(0) (a scalar or per
+    neuron ``[C, ...]``), given to the neuron by ``set_initial(v0)``, a forward pre-hook.
+    """
+
+    def __init__(
+        self, body: nn.Module, initial: dict[str, Tensor], set_initial: Callable[[Tensor], Any]
+    ):
+        super().__init__()
+        self.body = body
+        for name, v0 in initial.items():
+            self.body.get_submodule(name).register_forward_pre_hook(set_initial(v0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def reset(self) -> AdaptedNetwork:
+        raise NotImplementedError
+
+    def run(self, x: Tensor, T: int) -> Tensor:
+        """Mean output over ``T`` steps of the input batch ``x`` (after a reset)."""
+        self.reset()
+        with torch.no_grad():
+            return torch.stack([self(x) for _ in range(T)]).mean(0)
 
 
 def with_reader_neurons(

@@ -292,18 +292,22 @@ def _full_conv(nir: Any, node: Any, shape: tuple[int, ...], key: str) -> Any:
             f"NIR export: {type(node).__name__} {key!r} reads a Flatten; readers that pass "
             "Flatten.start_dim to torch need a dense layer there (export with profile='nir')"
         )
-    c, h, w = shape
-    weight = node.weight.reshape(node.weight.shape[0], c, h, w)
-    bias = getattr(node, "bias", None)
+    return _conv(nir, node.weight.reshape(node.weight.shape[0], *shape), node)
+
+
+def _conv(nir: Any, weight: np.ndarray, dense: Any) -> Any:
+    """A dense layer's map as an unpadded, unstrided Conv2d with ``weight`` [out, C, h, w]
+    (its kernel covers the whole input map), the dense layer's bias and metadata."""
+    bias = getattr(dense, "bias", None)
     return nir.Conv2d(
-        input_shape=(h, w),
+        input_shape=tuple(weight.shape[2:]),
         weight=weight,
         stride=1,
         padding=0,
         dilation=1,
         groups=1,
         bias=bias if bias is not None else np.zeros(weight.shape[0], np.float32),
-        metadata=node.metadata,
+        metadata=dense.metadata,
     )
 
 
@@ -311,18 +315,7 @@ def _on_unit_map(nir: Any, node: Any, key: str) -> Any:
     """A node after the first dense layer, on ``[n, 1, 1]`` instead of ``[n]``."""
     unit = lambda a: None if a is None else np.asarray(a).reshape(-1, 1, 1)  # noqa: E731
     if isinstance(node, nir.Affine | nir.Linear):
-        w = node.weight
-        bias = getattr(node, "bias", None)
-        return nir.Conv2d(
-            input_shape=(1, 1),
-            weight=w.reshape(*w.shape, 1, 1),
-            stride=1,
-            padding=0,
-            dilation=1,
-            groups=1,
-            bias=bias if bias is not None else np.zeros(w.shape[0], np.float32),
-            metadata=node.metadata,
-        )
+        return _conv(nir, node.weight.reshape(*node.weight.shape, 1, 1), node)
     meta = _unit_metadata(node.metadata)
     if isinstance(node, nir.IF):
         return nir.IF(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.network import SpikingNetwork
-from .binary import with_reader_neurons
+from .binary import AdaptedNetwork, with_reader_neurons
 
 __all__ = ["to_sinabs", "SinabsNetwork"]
 
@@ -37,20 +37,14 @@ def _sinabs() -> Any:
     return layers, activation
 
 
-class SinabsNetwork(nn.Module):
-    """A deploy-form network whose neurons are sinabs ``IAFSqueeze`` layers (one step per
-    call). ``forward(x)``: ``[B, ...]`` → ``[B, out...]``; `reset` starts a new sample;
-    ``run(x, T)`` resets and returns the mean output over T steps of input ``x``."""
+class SinabsNetwork(AdaptedNetwork):
+    """A deploy-form network whose neurons are sinabs ``IAFSqueeze`` layers: ``net(x)`` is
+    one step (sinabs keeps the state between calls); `reset` starts a new sample;
+    ``run(x, T)``."""
 
     def __init__(self, body: nn.Module, initial: dict[str, Tensor]):
-        super().__init__()
-        self.body = body
+        super().__init__(body, initial, _set_initial)
         self.neurons = [body.get_submodule(name) for name in initial]
-        for name, v0 in initial.items():
-            self.body.get_submodule(name).register_forward_pre_hook(_set_initial(v0))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
 
     def reset(self) -> SinabsNetwork:
         """Empty every neuron's state: the next step starts it again, at v(0)."""
@@ -58,12 +52,6 @@ class SinabsNetwork(nn.Module):
             for name, buffer in list(layer.named_buffers()):
                 layer.register_buffer(name, torch.zeros(0, device=buffer.device))
         return self
-
-    def run(self, x: Tensor, T: int) -> Tensor:
-        """Mean output over ``T`` steps of the input batch ``x`` (after a reset)."""
-        self.reset()
-        with torch.no_grad():
-            return torch.stack([self(x) for _ in range(T)]).mean(0)
 
 
 def _set_initial(v0: Tensor):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.network import SpikingNetwork
-from .binary import with_reader_neurons
+from .binary import AdaptedNetwork, with_reader_neurons
 
 __all__ = ["to_spikingjelly", "SpikingJellyNetwork"]
 
@@ -37,35 +37,18 @@ def _spikingjelly() -> Any:
     return functional, neuron
 
 
-class SpikingJellyNetwork(nn.Module):
-    """A deploy-form network whose neurons are SpikingJelly ``IFNode``s (single-step).
-
-    ``forward(x)`` is one step, ``[B, ...]`` → ``[B, out...]``, as a SpikingJelly network;
-    `reset` (or ``spikingjelly.activation_based.functional.reset_net``) starts a new
-    sample. ``run(x, T)`` resets and returns the mean output over T steps of input ``x``.
-    """
+class SpikingJellyNetwork(AdaptedNetwork):
+    """A deploy-form network whose neurons are SpikingJelly ``IFNode``s (single-step):
+    ``net(x)`` is one step, as a SpikingJelly network; `reset` (or SpikingJelly's
+    ``functional.reset_net``) starts a new sample; ``run(x, T)``."""
 
     def __init__(self, body: nn.Module, initial: dict[str, Tensor]):
-        """``initial``: neuron path → its v(0) (a scalar or per neuron ``[C, ...]``)."""
-        super().__init__()
-        self.body = body
-        functional, _ = _spikingjelly()
-        self._reset_net = functional.reset_net
-        for name, v0 in initial.items():
-            self.body.get_submodule(name).register_forward_pre_hook(_set_initial(v0))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+        super().__init__(body, initial, _set_initial)
+        self._reset_net = _spikingjelly()[0].reset_net
 
     def reset(self) -> SpikingJellyNetwork:
         self._reset_net(self.body)
         return self
-
-    def run(self, x: Tensor, T: int) -> Tensor:
-        """Mean output over ``T`` steps of the input batch ``x`` (after a reset)."""
-        self.reset()
-        with torch.no_grad():
-            return torch.stack([self(x) for _ in range(T)]).mean(0)
 
 
 def _set_initial(v0: Tensor):
