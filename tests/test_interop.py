@@ -48,6 +48,41 @@ def test_each_reader_runs_its_profile_file_as_written_and_as_predicted(
     assert theirs.shape == (T, 8, 10)
 
 
+@pytest.mark.parametrize("reader", [r for r in READERS if r != "sinabs"])
+def test_readers_run_generated_networks_as_predicted(reader, tmp_path_factory):
+    """On networks nobody picked (tests/test_seams.py's generator: convolutions with and
+    without BatchNorm, residual additions, average pools, dense heads, θ per layer), each
+    reader installed here computes what `import_nir(path, reader=...)` predicts, unless
+    the export refused the network or named an execution-order loss."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from test_seams import build, specs
+
+    from ann2snn.deploy.nir import NIRExportError, export_nir, import_nir
+
+    if reader_available(reader) != "here":
+        pytest.skip(f"{reader} is not installed here (make interop)")
+
+    @settings(max_examples=8, deadline=None)
+    @given(spec=specs(maxpool=False), neuron=st.sampled_from(["if", "gn"]))
+    def check(spec, neuron):
+        model, x = build(spec)
+        snn, x = convert(model.float(), neuron), x.float()
+        path = tmp_path_factory.mktemp("gen") / "net.nir"
+        try:
+            losses = export_nir(snn, path, x, profile=reader)
+        except NIRExportError:
+            return  # named refusals are test_seams.py's property
+        if any("depth-first order" in line for line in losses):
+            return
+        T = 3
+        predicted = import_nir(path, reader=reader).reset()(x.unsqueeze(0).expand(T, *x.shape))
+        theirs = run_reader(reader, path, x, T)
+        torch.testing.assert_close(theirs, predicted.reshape(theirs.shape), atol=1e-4, rtol=1e-4)
+
+    check()
+
+
 @pytest.mark.parametrize("reader", ["sinabs", "norse"])
 def test_a_depth_first_reader_on_a_projection_shortcut_is_named_not_silent(reader, tmp_path):
     """nirtorch's GraphExecutor (sinabs, Norse) walks the graph depth first: a residual

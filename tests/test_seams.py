@@ -178,7 +178,9 @@ def test_binarize_is_the_snn_at_every_step_with_binary_spikes(spec, neuron):
 @given(
     spec=specs(maxpool=False),
     neuron=st.sampled_from(["if", "gn"]),
-    profile=st.sampled_from(["ann2snn", "nir", "spikingjelly", "sinabs", "norse", "snntorch"]),
+    profile=st.sampled_from(
+        ["ann2snn", "nir", "sum-pool", "spikingjelly", "sinabs", "norse", "snntorch"]
+    ),
 )
 def test_nir_round_trip_is_the_snn_or_is_refused_by_name(spec, neuron, profile, tmp_path_factory):
     """Every reader profile's file, too: it holds the same network, or the export names

@@ -72,6 +72,8 @@ NIR_PROFILES: dict[str, NIRProfile] = {
                           "avg", "sample", "IF", 1.0, "1.0", True, "topological", None),
     "nir": NIRProfile("any NIR 1.0 reader (dt = 1)",
                       "avg", "sample", "IF", 1.0, "1.0", True, "topological", NIR_SPEC),
+    "sum-pool": NIRProfile("a NIR reader that maps SumPool2d, not AvgPool2d",
+                           "sum", "sample", "IF", 1.0, "1.0", True, "topological", NIR_SPEC),
     "spikingjelly": NIRProfile("spikingjelly.activation_based.nir_exchange.import_from_nir(path)",
                                "avg", "sample", "IF", 1e-4, "1.0", False, "topological",
                                ReaderNeuron("zero", True, False, False)),
