@@ -61,7 +61,7 @@ integrations: venv
 SIDE := .venv-interop
 interop: integrations
 	$(BIN)/python -m pip install -q -e ".[dev,interop]"
-	test -x $(SIDE)/bin/python || $(PYTHON) -m venv $(SIDE)
+	test -x $(SIDE)/bin/python || $(BIN)/python -m venv $(SIDE)  # the same Python as $(VENV)
 	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
 		"$$($(SIDE)/bin/python -c 'import site; print(site.getsitepackages()[0])')/ann2snn-main.pth"
 	$(SIDE)/bin/python -m pip install -q "sinabs==3.1.3" "nir==1.0.4"

@@ -82,11 +82,15 @@ def _ours(net: Any, data: Any, T: list[int]) -> dict:
     return {str(t): res.accuracy[t - 1] for t in T}
 
 
-def _adapters(snn: Any, example: torch.Tensor, data: Any, T: list[int]) -> dict:
+def _adapters(
+    snn: Any, example: torch.Tensor, data: Any, T: list[int], only: list[str] | None = None
+) -> dict:
     """The simulators' own neurons through ann2snn's adapters (exact), where installed."""
     row: dict[str, Any] = {}
     for label, adapt in (("spikingjelly, to_spikingjelly", to_spikingjelly),
                          ("sinabs, to_sinabs", to_sinabs)):  # fmt: skip
+        if only and label.split(",")[0] not in only:
+            continue
         try:
             row[label] = _accuracy(_stepped(adapt(snn, example), max(T)), data, T)
         except ImportError:
@@ -105,9 +109,12 @@ def _side_adapters(argv: list[str], rows: list[dict]) -> None:
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(root)})
         side = json.loads(out.read_text())["rows"]
     for row, theirs in zip(rows, side):
-        if "sinabs, to_sinabs" in theirs:
-            row.pop("sinabs, to_sinabs (adapter)", None)
-            row["sinabs, to_sinabs"] = theirs["sinabs, to_sinabs"]
+        if "sinabs, to_sinabs" in theirs:  # in the place of the "not installed here"
+            placeholder = "sinabs, to_sinabs (adapter)"
+            merged = {("sinabs, to_sinabs" if k == placeholder else k): v for k, v in row.items()}
+            merged["sinabs, to_sinabs"] = theirs["sinabs, to_sinabs"]
+            row.clear()
+            row.update(merged)
 
 
 def _row(snn: Any, example: torch.Tensor, data: Any, T: list[int], tmp: Path) -> dict:
@@ -147,14 +154,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for neuron, options in (("if", {}), ("gn", {"tau": record.get("levels") or 4})):
         snn = convert(model, neuron, **options)
+        if args.adapters_only:  # the side environment's part: to_sinabs
+            rows.append(_adapters(snn, example, loaders.test, args.T, ["sinabs"]))
+            continue
         with tempfile.TemporaryDirectory() as tmp:
-            row = {
-                "neuron": neuron,
-                **options,
-                **_row(snn, example, loaders.test, args.T, Path(tmp)),
-            }
+            row = {"neuron": neuron, **options}
+            row.update(_row(snn, example, loaders.test, args.T, Path(tmp)))
         rows.append(row)
         print({k: v for k, v in row.items() if "loses" not in k}, file=sys.stderr)
+    if args.adapters_only:
+        write_json({"rows": rows}, Path(args.out))
+        return {"rows": rows}
+    _side_adapters(argv, rows)
     results = {
         "benchmark": "interop",
         "command": "python benchmarks/interop.py " + shlex.join(argv),
