@@ -149,12 +149,14 @@ def _depth_first_order(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, s
         readers.setdefault(s, []).append(d)
     start = next(k for k, n in nodes.items() if isinstance(n, nir.Input))
     order: list[str] = []
+    seen: set[str] = set()
     todo = [start]
     while todo:  # an iterative pre-order walk, children in edge order
         k = todo.pop()
-        if k not in order:
+        if k not in seen:
+            seen.add(k)
             order.append(k)
-            todo += reversed([d for d in readers.get(k, []) if d not in order])
+            todo += reversed([d for d in readers.get(k, []) if d not in seen])
     at = {k: i for i, k in enumerate(order)}
     late = [
         f"{d}: the reader runs it before its input {s} (nirtorch's depth-first order), "
