@@ -258,33 +258,11 @@ def export_nir(
     spec = NIR_PROFILES[profile]
     refuse_presimulation(snn, "NIR")
     net = snn if is_binarized(snn) else binarize(snn, example)
-    gm = net.body
     net.reset()
     with torch.no_grad():
-        ShapeProp(gm).propagate(example)
+        ShapeProp(net.body).propagate(example)
     net.reset()
-    nodes: dict[str, Any] = {}
-    edges: list[tuple[str, str]] = []
-    source: dict[fx.Node, list[str]] = {}  # fx node → the NIR node(s) carrying its value
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            nodes["input"] = nir.Input({"input": np.array(_shape(node))})
-            source[node] = ["input"]
-        elif node.op == "output":
-            out = node.args[0]
-            nodes["output"] = nir.Output({"output": np.array(_shape(out))})
-            edges += [(s, "output") for s in source[out]]
-        elif node.op in ("call_module", "call_function", "call_method"):
-            mapped = _map_node(nir, gm, node)
-            inputs = [a for a in node.args if isinstance(a, fx.Node)]
-            if mapped is None:
-                source[node] = source[inputs[0]]
-                continue
-            nodes[node.name] = mapped
-            edges += [(s, node.name) for a in inputs for s in source[a]]
-            source[node] = [node.name]
-        else:
-            raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")
+    nodes, edges = _mapped(nir, net.body)
     if spec.pooling == "sum":
         _sum_pooled(nir, nodes, edges, profile)
     losses = reader_losses(net, profile, sleep) + rewrite(nir, profile, nodes, edges)
@@ -312,6 +290,34 @@ def export_nir(
         if spec.schema == "1.0.4":
             to_schema_104(tmp)
     return losses
+
+
+def _mapped(nir: Any, gm: fx.GraphModule) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The traced deploy form (shapes propagated) as NIR nodes and edges, one node per layer
+    through the mapper table; ops that pass their input through map to no node."""
+    nodes: dict[str, Any] = {}
+    edges: list[tuple[str, str]] = []
+    source: dict[fx.Node, list[str]] = {}  # fx node → the NIR node(s) carrying its value
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            nodes["input"] = nir.Input({"input": np.array(_shape(node))})
+            source[node] = ["input"]
+        elif node.op == "output":
+            out = node.args[0]
+            nodes["output"] = nir.Output({"output": np.array(_shape(out))})
+            edges += [(s, "output") for s in source[out]]
+        elif node.op in ("call_module", "call_function", "call_method"):
+            mapped = _map_node(nir, gm, node)
+            inputs = [a for a in node.args if isinstance(a, fx.Node)]
+            if mapped is None:
+                source[node] = source[inputs[0]]
+                continue
+            nodes[node.name] = mapped
+            edges += [(s, node.name) for a in inputs for s in source[a]]
+            source[node] = [node.name]
+        else:
+            raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")
+    return nodes, edges
 
 
 def _sum_pooled(
@@ -736,6 +742,21 @@ def import_nir(
         raise NIRImportError(f"import_nir: {path}: node shapes do not fit together ({e})") from None
     meta = (graph.metadata or {}).get("ann2snn", {})
     how = _Reading(metadata, NIR_PROFILES[reader].runs if reader else None, *_conventions(meta))
+    body, layers = _traced(nir, graph, order, incoming, how)
+    config = {
+        "binary": True,
+        "source": "nir",
+        "folded_scales": None,
+        "sleep": int(meta.get("schedule", {}).get("sleep", 0)),
+    }
+    return SpikingNetwork(body, str(meta.get("neuron", "if")), layers, config)
+
+
+def _traced(
+    nir: Any, graph: Any, order: list[str], incoming: dict[str, list[str]], how: _Reading
+) -> tuple[fx.GraphModule, list[str]]:
+    """The checked graph as a traced module (nodes in ``order``; a node with several
+    inputs sums them) and the names of its spiking layers."""
     root, g = nn.Module(), fx.Graph()
     value: dict[str, fx.Node] = {}
     taken: set[str] = set()
@@ -758,10 +779,4 @@ def import_nir(
         value[key] = g.call_module(name, (total,))
         if isinstance(module, SpikingNeuron):
             layers.append(name)
-    config = {
-        "binary": True,
-        "source": "nir",
-        "folded_scales": None,
-        "sleep": int(meta.get("schedule", {}).get("sleep", 0)),
-    }
-    return SpikingNetwork(fx.GraphModule(root, g), str(meta.get("neuron", "if")), layers, config)
+    return fx.GraphModule(root, g), layers
