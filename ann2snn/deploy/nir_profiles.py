@@ -226,6 +226,14 @@ def _scales_as_maps(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]
                 del nodes[key]
                 continue
         scale = np.asarray(node.scale, np.float32)
+        if (
+            scale.ndim not in (1, 3)
+            or np.unique(scale.reshape(scale.shape[0], -1), axis=1).shape[1] != 1
+        ):
+            raise NIRExportError(
+                f"NIR export: Scale {key!r} of shape {scale.shape} has no diagonal map for "
+                "readers without a Scale node (export with profile='nir')"
+            )
         n = scale.shape[0]
         diag = np.diag(scale.reshape(n, -1)[:, 0]).astype(np.float32)
         if scale.ndim == 3:
