@@ -263,8 +263,6 @@ def export_nir(
         ShapeProp(net.body).propagate(example)
     net.reset()
     nodes, edges = _mapped(nir, net.body)
-    if spec.pooling == "sum":
-        _sum_pooled(nir, nodes, edges, profile)
     losses = reader_losses(net, profile, sleep) + rewrite(nir, profile, nodes, edges)
     meta = {
         "ann2snn": {
@@ -318,49 +316,6 @@ def _mapped(nir: Any, gm: fx.GraphModule) -> tuple[dict[str, Any], list[tuple[st
         else:
             raise NIRExportError(f"NIR export: unsupported graph node {node.op} {node.target!r}")
     return nodes, edges
-
-
-def _sum_pooled(
-    nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]], profile: str
-) -> None:
-    """Average pools → ``SumPool2d``, each 1/k² folded into the weights of the layers that
-    read the pool (through ``Flatten``); refused by name where a reader of the pool has no
-    weights to take it, or where the pool pads (sinabs and Norse drop a sum pool's
-    padding)."""
-    readers: dict[str, list[str]] = {}
-    for src, dst in edges:
-        readers.setdefault(src, []).append(dst)
-    for name, node in list(nodes.items()):
-        if not isinstance(node, nir.AvgPool2d):
-            continue
-        if np.any(np.atleast_1d(node.padding)):
-            raise NIRExportError(
-                f"NIR export (profile {profile!r}): average pool {name!r} pads its input; "
-                "this reader's sum pool has no padding (export with profile='nir')"
-            )
-        area = float(np.prod(np.atleast_1d(node.kernel_size)))
-        if np.atleast_1d(node.kernel_size).size == 1:
-            area *= area
-        todo, weighted = list(readers.get(name, [])), []
-        while todo:
-            dst = todo.pop()
-            if isinstance(nodes[dst], nir.Flatten):
-                todo += readers.get(dst, [])
-            elif isinstance(nodes[dst], nir.Conv2d | nir.Affine | nir.Linear) and all(
-                s == name or isinstance(nodes[s], nir.Flatten) for s, d in edges if d == dst
-            ):
-                weighted.append(dst)
-            else:
-                raise NIRExportError(
-                    f"NIR export (profile {profile!r}): average pool {name!r} feeds "
-                    f"{type(nodes[dst]).__name__} {dst!r}, which has no weights to take its "
-                    "1/k²; export with profile='nir'"
-                )
-        for dst in set(weighted):
-            nodes[dst].weight = nodes[dst].weight / area
-        nodes[name] = nir.SumPool2d(
-            kernel_size=node.kernel_size, stride=node.stride, padding=node.padding
-        )
 
 
 # ----------------------------------------------------------------------------- import

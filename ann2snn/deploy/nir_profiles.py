@@ -123,6 +123,8 @@ def rewrite(
     """Rewrite the mapped graph (``nodes``/``edges``, in place) for the profile's reader;
     returns what that reader will still run wrongly in this graph (its execution order)."""
     p = NIR_PROFILES[profile]
+    if p.pooling == "sum":
+        _sum_pooled(nir, nodes, edges, profile)
     if not p.scale:
         _scales_as_maps(nir, nodes, edges)
     if p.flatten == "torch":
@@ -131,6 +133,65 @@ def rewrite(
         if isinstance(node, nir.IF):
             nodes[name] = _neuron(nir, node, p)
     return _depth_first_order(nir, nodes, edges) if p.order == "depth-first" else []
+
+
+def _readers(edges: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Node → the nodes its edges feed, in edge order."""
+    readers: dict[str, list[str]] = {}
+    for s, d in edges:
+        readers.setdefault(s, []).append(d)
+    return readers
+
+
+def _bypass(nodes: dict[str, Any], edges: list[tuple[str, str]], key: str) -> list[str]:
+    """Remove node ``key``, feeding its inputs straight to its readers (in place); returns
+    the readers."""
+    srcs = [s for s, d in edges if d == key]
+    dsts = [d for s, d in edges if s == key]
+    edges[:] = [e for e in edges if key not in e] + [(s, d) for s in srcs for d in dsts]
+    del nodes[key]
+    return dsts
+
+
+def _sum_pooled(
+    nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]], profile: str
+) -> None:
+    """Average pools → ``SumPool2d``, each 1/k² folded into the weights of the layers that
+    read the pool (through ``Flatten``); refused by name where a reader of the pool has no
+    weights to take it, or where the pool pads (sinabs and Norse drop a sum pool's
+    padding)."""
+    readers = _readers(edges)
+    for name, node in list(nodes.items()):
+        if not isinstance(node, nir.AvgPool2d):
+            continue
+        if np.any(np.atleast_1d(node.padding)):
+            raise NIRExportError(
+                f"NIR export (profile {profile!r}): average pool {name!r} pads its input; "
+                "this reader's sum pool has no padding (export with profile='nir')"
+            )
+        area = float(np.prod(np.atleast_1d(node.kernel_size)))
+        if np.atleast_1d(node.kernel_size).size == 1:
+            area *= area
+        todo, weighted = list(readers.get(name, [])), []
+        while todo:
+            dst = todo.pop()
+            if isinstance(nodes[dst], nir.Flatten):
+                todo += readers.get(dst, [])
+            elif isinstance(nodes[dst], nir.Conv2d | nir.Affine | nir.Linear) and all(
+                s == name or isinstance(nodes[s], nir.Flatten) for s, d in edges if d == dst
+            ):
+                weighted.append(dst)
+            else:
+                raise NIRExportError(
+                    f"NIR export (profile {profile!r}): average pool {name!r} feeds "
+                    f"{type(nodes[dst]).__name__} {dst!r}, which has no weights to take its "
+                    "1/k²; export with profile='nir'"
+                )
+        for dst in set(weighted):
+            nodes[dst].weight = nodes[dst].weight / area
+        nodes[name] = nir.SumPool2d(
+            kernel_size=node.kernel_size, stride=node.stride, padding=node.padding
+        )
 
 
 def _depth_first_order(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]]) -> list:
@@ -144,9 +205,7 @@ def _depth_first_order(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, s
     for _, d in edges:
         fan_in[d] = fan_in.get(d, 0) + 1
     edges.sort(key=lambda e: fan_in[e[1]] > 1)  # stable: the file order otherwise
-    readers: dict[str, list[str]] = {}
-    for s, d in edges:
-        readers.setdefault(s, []).append(d)
+    readers = _readers(edges)
     start = next(k for k, n in nodes.items() if isinstance(n, nir.Input))
     order: list[str] = []
     seen: set[str] = set()
@@ -218,12 +277,10 @@ def _scales_as_maps(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]
         if not isinstance(node, nir.Scale):
             continue
         meta = (node.metadata or {}).get("ann2snn", {})
-        srcs = [s for s, d in edges if d == key]
         if meta.get("op") == "add" and np.all(node.scale == 1):
             dsts = [d for s, d in edges if s == key]
             if not any(isinstance(nodes[d], nir.Output) for d in dsts):
-                edges[:] = [e for e in edges if key not in e] + [(s, d) for s in srcs for d in dsts]
-                del nodes[key]
+                _bypass(nodes, edges, key)
                 continue
         scale = np.asarray(node.scale, np.float32)
         if (
@@ -236,17 +293,8 @@ def _scales_as_maps(nir: Any, nodes: dict[str, Any], edges: list[tuple[str, str]
             )
         n = scale.shape[0]
         diag = np.diag(scale.reshape(n, -1)[:, 0]).astype(np.float32)
-        if scale.ndim == 3:
-            nodes[key] = nir.Conv2d(
-                input_shape=tuple(scale.shape[1:]),
-                weight=diag[:, :, None, None],
-                stride=1,
-                padding=0,
-                dilation=1,
-                groups=1,
-                bias=np.zeros(n, np.float32),
-                metadata=node.metadata,
-            )
+        if scale.ndim == 3:  # a 1×1 conv over the [H, W] map
+            nodes[key] = _conv(nir, diag[:, :, None, None], node, tuple(scale.shape[1:]))
         else:
             nodes[key] = nir.Affine(
                 weight=diag, bias=np.zeros(n, np.float32), metadata=node.metadata
@@ -263,10 +311,7 @@ def _dense_as_convolutions(nir: Any, nodes: dict[str, Any], edges: list[tuple[st
     starts: list[str] = []
     for f in [k for k, n in nodes.items() if isinstance(n, nir.Flatten)]:
         shape = tuple(int(s) for s in nodes[f].input_type["input"])
-        srcs = [s for s, d in edges if d == f]
-        dsts = [d for s, d in edges if s == f]
-        edges[:] = [e for e in edges if f not in e] + [(s, d) for s in srcs for d in dsts]
-        del nodes[f]
+        dsts = _bypass(nodes, edges, f)
         if len(shape) == 1:
             continue
         if len(shape) != 3:
@@ -277,9 +322,7 @@ def _dense_as_convolutions(nir: Any, nodes: dict[str, Any], edges: list[tuple[st
         for d in dsts:
             nodes[d] = _full_conv(nir, nodes[d], shape, d)
         starts += dsts
-    readers: dict[str, list[str]] = {}
-    for s, d in edges:
-        readers.setdefault(s, []).append(d)
+    readers = _readers(edges)
     after, todo = set(), list(starts)
     while todo:  # every node fed, directly or not, by a new full conv
         k = todo.pop()
@@ -307,19 +350,22 @@ def _full_conv(nir: Any, node: Any, shape: tuple[int, ...], key: str) -> Any:
     return _conv(nir, node.weight.reshape(node.weight.shape[0], *shape), node)
 
 
-def _conv(nir: Any, weight: np.ndarray, dense: Any) -> Any:
-    """A dense layer's map as an unpadded, unstrided Conv2d with ``weight`` [out, C, h, w]
-    (its kernel covers the whole input map), the dense layer's bias and metadata."""
-    bias = getattr(dense, "bias", None)
+def _conv(
+    nir: Any, weight: np.ndarray, linear: Any, input_shape: tuple[int, ...] | None = None
+) -> Any:
+    """A linear node's map (dense or scale) as an unpadded, unstrided Conv2d with ``weight``
+    [out, C, h, w], that node's bias (zeros without one) and metadata; ``input_shape`` is
+    the input map's [H, W] (default: the kernel's, a kernel over the whole map)."""
+    bias = getattr(linear, "bias", None)
     return nir.Conv2d(
-        input_shape=tuple(weight.shape[2:]),
+        input_shape=input_shape or tuple(weight.shape[2:]),
         weight=weight,
         stride=1,
         padding=0,
         dilation=1,
         groups=1,
         bias=bias if bias is not None else np.zeros(weight.shape[0], np.float32),
-        metadata=dense.metadata,
+        metadata=linear.metadata,
     )
 
 
