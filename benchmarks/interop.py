@@ -14,7 +14,6 @@ file is never imported by the package.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -100,7 +99,7 @@ def _adapters(
 
 def _side_adapters(argv: list[str], rows: list[dict]) -> None:
     """`to_sinabs` where sinabs is: the side environment (`make interop`), if not here."""
-    if importlib.util.find_spec("sinabs") is not None or not SIDE_PYTHON.exists():
+    if reader_available("sinabs") != "side":
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "side.json"

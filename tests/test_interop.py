@@ -103,16 +103,16 @@ def test_a_depth_first_reader_on_a_projection_shortcut_is_named_not_silent(reade
 def _sinabs_here_or_ran_in_side_env(request: pytest.FixtureRequest) -> bool:
     """True when this test already ran, and passed, in the side environment `make interop`
     gives sinabs (its nir <= 1.0.4 pin keeps it out of ours); False to run it here."""
-    import importlib.util
     import os
     import subprocess
     from pathlib import Path
 
     from ann2snn.deploy.readers import SIDE_PYTHON
 
-    if importlib.util.find_spec("sinabs") is not None:
+    where = reader_available("sinabs")
+    if where == "here":
         return False
-    if reader_available("sinabs") != "side":
+    if where is None:
         pytest.skip("sinabs is not installed (make interop)")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(

@@ -13,6 +13,7 @@ is that side of it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import os
@@ -103,16 +104,29 @@ def _importable(module: str) -> bool:
         return False
 
 
+@functools.cache
+def _in_side_environment(module: str) -> bool:
+    """Whether the side environment imports ``module`` (asked once per process: a run of
+    many batches starts one interpreter per batch, not two)."""
+    if not SIDE_PYTHON.exists():
+        return False
+    probe = f"import importlib.util as u; exit(u.find_spec({module!r}) is None)"
+    return subprocess.run([str(SIDE_PYTHON), "-c", probe], capture_output=True).returncode == 0
+
+
 def reader_available(name: str) -> str | None:
     """Where ``name`` runs: ``"here"``, ``"side"`` (the ``make interop`` environment), or
     None when it is installed in neither."""
     if _importable(READERS[name][0]):
         return "here"
-    if SIDE_PYTHON.exists():
-        probe = f"import importlib.util as u; exit(u.find_spec({READERS[name][0]!r}) is None)"
-        if subprocess.run([str(SIDE_PYTHON), "-c", probe], capture_output=True).returncode == 0:
-            return "side"
-    return None
+    return "side" if _in_side_environment(READERS[name][0]) else None
+
+
+def _run_here(name: str, path: str, x: Tensor, T: int) -> Tensor:
+    """The reader run in this process: ``[T, B, out]``."""
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints
+        outs = READERS[name][1](path, x.float(), T)
+    return torch.stack([o.reshape(x.shape[0], -1).float() for o in outs])
 
 
 def run_reader(name: str, path: str | Path, x: Tensor, T: int) -> Tensor:
@@ -129,9 +143,7 @@ def run_reader(name: str, path: str | Path, x: Tensor, T: int) -> Tensor:
     if where is None:
         raise ImportError(f"run_reader: {name} is not installed (make interop)")
     if where == "here":
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints
-            outs = READERS[name][1](str(path), x.float(), T)
-        return torch.stack([o.reshape(x.shape[0], -1).float() for o in outs])
+        return _run_here(name, str(path), x, T)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", x.float().numpy())
         cmd = [
@@ -154,10 +166,7 @@ def run_reader(name: str, path: str | Path, x: Tensor, T: int) -> Tensor:
 def main(argv: list[str] | None = None) -> None:
     """``NAME FILE X.npy T OUT.npy``: run here, write ``[T, B, out]`` to OUT.npy."""
     name, path, x, T, out = sys.argv[1:] if argv is None else argv
-    with torch.no_grad():
-        outs = READERS[name][1](path, torch.from_numpy(np.load(x)), int(T))
-    B = outs[0].shape[0]
-    np.save(out, torch.stack([o.reshape(B, -1).float() for o in outs]).numpy())
+    np.save(out, _run_here(name, path, torch.from_numpy(np.load(x)), int(T)).numpy())
 
 
 if __name__ == "__main__":
