@@ -790,11 +790,14 @@ def _export(args: argparse.Namespace) -> int:
         force=args.force,
         **options,
     )
-    reader = {"ann2snn": "a reader without ann2snn's metadata", "nir": "a NIR reader"}
+    from .deploy.readers import READERS
+
+    simulator = args.profile in READERS  # a profile for one simulator, which loads the file
+    who = "a reader without ann2snn's metadata" if args.profile == "ann2snn" else "a NIR reader"
     for line in warnings:
-        print(f"{reader.get(args.profile, args.profile)} loses: {line}", file=sys.stderr)
+        print(f"{args.profile if simulator else who} loses: {line}", file=sys.stderr)
     print(f"wrote {out}")
-    if args.format == "nir" and args.profile not in reader:
+    if args.format == "nir" and simulator:
         print(f"load it with: {NIR_PROFILES[args.profile].loads.replace('path', repr(str(out)))}")
     from .deploy.onnx import onnx_side_file
 
